@@ -21,7 +21,7 @@ from distil.models.features import (
 
 FAMILIES = ("bert", "roberta", "mpnet", "distilbert")
 SDPA_FAMILIES = ("bert", "roberta", "distilbert")  # MPNet has its own attention code and no SDPA path
-SHAPE = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
+SHAPE = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 64}
 ALL_LAYERS = FeatureSpec(embeddings=True, hidden_layers=(0, 1, 2, 3), attention_layers=(0, 1, 2, 3), qkv_layers=(0, 3))
 
 
@@ -215,9 +215,9 @@ def test_nothing_is_kept_outside_capture(tiny_bert, batch):
 
 
 def test_capture_without_forward_raises(tiny_bert):
-    with pytest.raises(DistilError, match=r"hidden\[1\]"):
-        with FeatureTap(tiny_bert, FeatureSpec(hidden_layers=(1,))).capture():
-            pass
+    tap = FeatureTap(tiny_bert, FeatureSpec(hidden_layers=(1,)))
+    with pytest.raises(DistilError, match=r"hidden\[1\]"), tap.capture():
+        pass
 
 
 def test_gradient_flows_to_student_params_through_features(tiny_bert, batch):
@@ -272,6 +272,12 @@ def test_unsupported_model_is_named():
     assert feats.hidden[1].shape == (1, 3, 32)
     with pytest.raises(DistilError, match="Linear has no .config"):
         FeatureTap(torch.nn.Linear(2, 2), FeatureSpec(hidden_layers=(0,)))
+
+
+def test_capture_needs_a_2d_padding_mask(tiny_bert):
+    tap = FeatureTap(tiny_bert, FeatureSpec(hidden_layers=(1,)))
+    with pytest.raises(DistilError, match=r"\(B, L\) padding mask, got shape \(2, 1, 1, 7\)"):
+        tap.capture(torch.ones(2, 1, 1, 7)).__enter__()
 
 
 def test_uncaptured_attention_layer_raises(tiny_bert, batch):

@@ -75,9 +75,7 @@ def _check_logits(what: str, student_logits: Tensor, teacher_logits: Tensor) -> 
         what, student_logits, teacher_logits, "student and teacher must share the label set (same number of classes)"
     )
     if student_logits.dim() not in (2, 3):
-        raise DistilError(
-            f"{what}: logits have shape {tuple(student_logits.shape)}; expected (B, C) or (B, L, C)"
-        )
+        raise DistilError(f"{what}: logits have shape {tuple(student_logits.shape)}; expected (B, C) or (B, L, C)")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from typing_extensions import Self
 
 from distil.errors import DistilError
 
@@ -307,7 +308,7 @@ class FeatureTap:
             targets += [(query, "queries", layer), (key, "keys", layer)]
             if layer in spec.qkv_layers:
                 targets.append((value, "values", layer))
-        if spec.attention_layers:
+        if spec.attention_layers or spec.qkv_layers:  # scores may be computed from either
             bias_table = _relative_position_bias_module(self.model, layers_name)
             if bias_table is not None:
                 targets.append((bias_table, "position_bias", -1))
@@ -317,7 +318,7 @@ class FeatureTap:
     def attached(self) -> bool:
         return bool(self._handles)
 
-    def attach(self) -> FeatureTap:
+    def attach(self) -> Self:
         """Register the hooks (idempotent)."""
         if not self._handles:
             for module, kind, layer in self._targets:
@@ -331,7 +332,7 @@ class FeatureTap:
             handle.remove()
         self._handles.clear()
 
-    def __enter__(self) -> FeatureTap:
+    def __enter__(self) -> Self:
         return self.attach()
 
     def __exit__(self, *exc) -> None:
@@ -360,8 +361,11 @@ class FeatureTap:
             A :class:`Features`, filled when the block ends. Attaches the hooks for the block if not attached.
 
         Raises:
-            DistilError: at the end of the block, when a requested feature was not recorded (no forward ran).
+            DistilError: ``attention_mask`` is not 2-D; or, at the end of the block, a requested feature was not
+                recorded (no forward ran inside it).
         """
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise DistilError(f"capture() needs the (B, L) padding mask, got shape {tuple(attention_mask.shape)}")
         attached_here = not self.attached
         self.attach()
         features = Features(num_heads=self.num_heads, scaling=self._scaling, attention_mask=attention_mask)

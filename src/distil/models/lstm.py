@@ -145,7 +145,7 @@ class LSTMClassifier(nn.Module):
         Returns:
             ``SequenceClassifierOutput`` with ``logits`` (B, num_labels) and ``loss`` (scalar) when ``labels``.
         """
-        batch, length = input_ids.shape
+        length = input_ids.shape[1]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         mask = attention_mask.bool()  # (B, L)
@@ -228,10 +228,12 @@ class LSTMClassifier(nn.Module):
         config_path, weights_path = directory / "config.json", directory / "model.safetensors"
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise DistilError(f"LSTM student {directory}: {path.name} is missing; pass a directory saved by distil")
+                raise DistilError(
+                    f"LSTM student {directory}: {path.name} is missing; pass a directory saved by distil"
+                )
         fields = json.loads(config_path.read_text(encoding="utf-8"))
         if fields.pop("distil_model", None) != LSTM_MODEL_TYPE:
-            raise DistilError(f"LSTM student {directory}: config.json has no \"distil_model\": \"lstm\"")
+            raise DistilError(f'LSTM student {directory}: config.json has no "distil_model": "lstm"')
         unknown = sorted(set(fields) - {field.name for field in dataclasses.fields(LSTMConfig)})
         if unknown:
             raise DistilError(f"LSTM student {directory}: config.json has unknown fields {unknown}")

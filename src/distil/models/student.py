@@ -22,6 +22,7 @@ Layer choices (:func:`select_layers`):
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 from collections.abc import Sequence
 
@@ -51,7 +52,9 @@ def find_layer_stack(model: nn.Module) -> tuple[str, int]:
     """
     num_layers = _num_layers(getattr(model, "config", None), what=type(model).__name__)
     candidates = [
-        name for name, module in model.named_modules() if isinstance(module, nn.ModuleList) and len(module) == num_layers
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers
     ]
     if not candidates:
         raise DistilError(
@@ -92,9 +95,7 @@ def select_layers(
         raise DistilError(f"num_teacher_layers: got {n!r}; it must be a positive integer")
     m = num_student_layers
     if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n):
-        raise DistilError(
-            f"num_student_layers: got {m!r} for a teacher with {n} layers; choose an integer in 1..{n}"
-        )
+        raise DistilError(f"num_student_layers: got {m!r} for a teacher with {n} layers; choose an integer in 1..{n}")
     if not isinstance(strategy, str):
         return _validate_layer_list(strategy, n, m)
     if strategy == "every-other":
@@ -141,7 +142,9 @@ def plan_copy(
         else:
             j, rest = int(match.group(1)), match.group(2)
             if j >= len(layers):
-                raise DistilError(f"student tensor {student_name}: student layer {j} has no entry in layers {list(layers)}")
+                raise DistilError(
+                    f"student tensor {student_name}: student layer {j} has no entry in layers {list(layers)}"
+                )
             teacher_name = f"{template.format(layers[j])}.{rest}"
         if teacher_name not in teacher_set:
             raise DistilError(
@@ -258,12 +261,12 @@ def student_from_config(
         DistilError: for a non-positive size, a hidden size not divisible by the head count, or a config without
             a known feed-forward width field.
     """
-    sizes = dict(
-        num_hidden_layers=num_hidden_layers,
-        hidden_size=hidden_size,
-        num_attention_heads=num_attention_heads,
-        intermediate_size=intermediate_size,
-    )
+    sizes = {
+        "num_hidden_layers": num_hidden_layers,
+        "hidden_size": hidden_size,
+        "num_attention_heads": num_attention_heads,
+        "intermediate_size": intermediate_size,
+    }
     if num_labels is not None:
         sizes["num_labels"] = num_labels
     for name, value in sizes.items():
@@ -337,7 +340,7 @@ def _validate_layer_list(layers: Sequence[int], n: int, m: int | None, what: str
             raise DistilError(
                 f"{what}: teacher layer {layer} is out of range; valid layers are 0..{n - 1} (the teacher has {n})"
             )
-    for previous, layer in zip(layers, layers[1:]):
+    for previous, layer in itertools.pairwise(layers):
         if layer <= previous:
             kind = "repeated" if layer == previous else "after a larger one"
             raise DistilError(f"{what}: teacher layer {layer} is {kind} in {list(layers)}; list layers increasing")

@@ -1,0 +1,139 @@
+"""`distil run|teacher|soft-labels|student|eval|predict|inspect|export`: thin functions over the library.
+
+Every configuration field is a flag named by its dotted path (`--teacher.train.epochs 1`), generated from the
+dataclasses in distil.config; flags override the YAML file, which overrides the embedded default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from distil.errors import DistilError
+
+CONFIG_COMMANDS = {
+    "run": "every stage: teacher -> soft labels -> student (+ baseline) -> evaluation and report",
+    "teacher": "fine-tune (or load) the teacher and save it to OUTPUT_DIR/teacher",
+    "soft-labels": "compute (or find in the cache) the teacher's logits on the training split",
+    "student": "build the student, distil it from the cached soft labels; train the baseline too",
+    "eval": "evaluate the saved models and write report.json, report.md and plots",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from distil.config import flag_specs
+
+    parser.add_argument("config", nargs="?", default=None, help="YAML file or recipe name (default: embedded)")
+    parser.add_argument("--resume", action="store_true", help="continue an unfinished run from its checkpoints")
+    group = parser.add_argument_group("configuration (YAML keys; dotted paths)")
+    for key, _tp, help_text in flag_specs():
+        group.add_argument(f"--{key}", dest=f"cfg:{key}", default=None, metavar="V", help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distil", description="Knowledge distillation for Transformers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in CONFIG_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_config_flags(p)
+        if name == "student":
+            p.add_argument("--live-teacher", action="store_true",
+                           help="run the teacher every step instead of using cached soft labels")
+    p = sub.add_parser("predict", help="classify texts with a saved model (arguments, a file, or stdin)")
+    p.add_argument("model", help="a saved model directory (student/, teacher/, an export)")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--file", help="a text file with one example per line")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--json", action="store_true", help="print one JSON object per line")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace):
+    from distil.config import flag_specs, load_config, parse_flag_value, set_dotted
+
+    overrides: dict = {}
+    for key, tp, _ in flag_specs():
+        raw = getattr(args, f"cfg:{key}")
+        if raw is not None:
+            set_dotted(overrides, key, parse_flag_value(key, raw, tp))
+    return load_config(args.config, overrides)
+
+
+def _run_config_command(args: argparse.Namespace) -> int:
+    from distil import pipeline
+    from distil.report import run_eval
+
+    cfg = _config_from_args(args)
+    ctx = pipeline.Context(cfg, resume=args.resume)
+    if args.command == "run":
+        pipeline.run_all(ctx)
+        print(f"\nreport: {cfg.output_path / 'report.md'}")
+        return 0
+    stage = {"teacher": "teacher", "student": "student"}.get(args.command)
+    if stage:
+        pipeline.check_output_dir(cfg, args.resume, stage=stage)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    pipeline.write_config(ctx)
+    ctx.load_data()
+    if args.command == "teacher":
+        print(f"teacher saved to {pipeline.run_teacher(ctx)}")
+    elif args.command == "soft-labels":
+        pipeline.run_soft_labels(ctx)
+    elif args.command == "student":
+        for name, path in pipeline.run_student(ctx, live_teacher=args.live_teacher).items():
+            print(f"{name} saved to {path}")
+    elif args.command == "eval":
+        run_eval(ctx)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from distil.predict import predict_texts
+
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise DistilError(f"--file '{args.file}' does not exist")
+        texts += [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts and not sys.stdin.isatty():
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise DistilError("predict: no texts given; pass them as arguments, with --file, or on stdin")
+    for text, result in zip(texts, predict_texts(args.model, texts, args.batch_size, args.max_length)):
+        if args.json:
+            print(json.dumps({"text": text, **result}))
+        else:
+            print(f"{result['label']}\t{result['score']:.4f}\t{text}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # load reports and deprecation chatter; our own lines say what ran
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "predict":
+            return _predict(args)
+        return _run_config_command(args)
+    except DistilError as e:
+        print(f"distil: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distil: interrupted; finished stages are kept, continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The training loop: an HF Trainer subclass that asks a Distiller for the loss.
+
+The Trainer brings mixed precision, gradient accumulation, checkpoints and resume, logging (TensorBoard) and
+multi-process launch; this module adds only what is distillation. A `Distiller` is composed, not inherited:
+it holds the teacher's soft labels (or the live teacher when a loss needs more than logits) and the loss terms.
+The same trainer fine-tunes a teacher or trains a baseline student: with no distiller the loss is plain CE.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Sampler
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+from distil.config import LossConfig, TrainConfig
+from distil.errors import DistilError
+from distil.losses.logits import kd_objective
+from distil.soft_labels import SoftLabels
+
+
+def logits_of(outputs) -> torch.Tensor:
+    """Logits from an HF ModelOutput, a dict, or a plain tensor (any-PyTorch-model students)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, dict):
+        return outputs["logits"]
+    return outputs.logits
+
+
+class Distiller(nn.Module):
+    """Teacher signal + loss terms -> the distillation loss of one batch.
+
+    Args:
+        loss: alpha, kd_temperature and the soft-loss kind (docs/losses.md).
+        soft_labels: cached teacher logits for the training rows; when given, the teacher never runs.
+        teacher: the frozen teacher, run live under inference_mode when ``soft_labels`` is None.
+    """
+
+    def __init__(self, loss: LossConfig, soft_labels: SoftLabels | None = None, teacher: nn.Module | None = None):
+        super().__init__()
+        if soft_labels is None and teacher is None:
+            raise ValueError("Distiller needs soft_labels or a teacher")
+        self.loss_cfg = loss
+        self.soft_labels = soft_labels
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def teacher_logits(self, inputs: dict[str, torch.Tensor], idx: torch.Tensor | None) -> torch.Tensor:
+        if self.soft_labels is not None:
+            if idx is None:
+                raise ValueError("cached soft labels need the batch's row indices ('idx')")
+            return self.soft_labels.lookup(idx)
+        with torch.inference_mode():
+            return logits_of(self.teacher(**inputs)).float()
+
+    def forward(self, student_logits: torch.Tensor, labels: torch.Tensor | None, inputs: dict[str, torch.Tensor],
+                idx: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        teacher = self.teacher_logits(inputs, idx).to(student_logits.device)  # (B, C)
+        return kd_objective(student_logits.float(), teacher, labels, alpha=self.loss_cfg.alpha,
+                            kd_temperature=self.loss_cfg.kd_temperature, soft_loss=self.loss_cfg.soft_loss)
+
+
+class EpochLengthGroupedSampler(Sampler):
+    """Length-grouped order that depends only on (seed, epoch), so a resumed run sees the same batches."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+
+class DistillationTrainer(Trainer):
+    """Trainer whose loss comes from a Distiller (or plain CE without one); logs each loss part."""
+
+    def __init__(self, *args, distiller: Distiller | None = None, group_by_length: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.distiller = distiller
+        self.group_by_length = group_by_length
+        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let Trainer scale it for accumulation
+        self._parts: dict[str, list[float]] = defaultdict(list)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.group_by_length and "length" in dataset.column_names:
+            size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return EpochLengthGroupedSampler(dataset["length"], size, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        idx = inputs.pop("idx", None)
+        labels = inputs.pop("labels", None)
+        outputs = model(**inputs)
+        logits = logits_of(outputs)  # (B, C)
+        if self.distiller is not None and model.training:
+            loss, parts = self.distiller(logits, labels, inputs, idx)
+        else:
+            loss = F.cross_entropy(logits.float(), labels)
+            parts = {"ce": loss}
+        if not torch.isfinite(loss):
+            raise DistilError(
+                f"training loss is {loss.item()} at step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.2f}; "
+                f"parts: {', '.join(f'{k}={v.item():.4g}' for k, v in parts.items())}); lower the learning rate or "
+                f"check the data and teacher"
+            )
+        if model.training:
+            for name, value in parts.items():
+                self._parts[name].append(float(value.detach()))
+        if return_outputs:
+            return loss, {"loss": loss, "logits": logits}
+        return loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._parts:
+            for name, values in self._parts.items():
+                logs[f"loss_{name}"] = round(float(np.mean(values)), 6)
+            self._parts.clear()
+        super().log(logs, *args, **kwargs)
+
+
+def accuracy_metrics(eval_pred) -> dict[str, float]:
+    """Accuracy and macro-F1 of argmax predictions."""
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return classification_metrics(np.asarray(logits).argmax(-1), np.asarray(labels))
+
+
+def classification_metrics(pred: np.ndarray, gold: np.ndarray, num_labels: int | None = None) -> dict[str, float]:
+    num_labels = num_labels or int(max(pred.max(initial=0), gold.max(initial=0)) + 1)
+    f1s = []
+    for c in range(num_labels):
+        tp = np.sum((pred == c) & (gold == c))
+        fp, fn = np.sum((pred == c) & (gold != c)), np.sum((pred != c) & (gold == c))
+        if tp + fp + fn > 0:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": float(np.mean(pred == gold)) if len(gold) else 0.0,
+            "macro_f1": float(np.mean(f1s)) if f1s else 0.0}
+
+
+class StopOnFileCallback(TrainerCallback):
+    """Test hook: stop abruptly (SIGKILL) after a given global step, to exercise --resume."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def training_arguments(cfg: TrainConfig, work_dir: Path, seed: int, num_train_rows: int) -> TrainingArguments:
+    """TrainingArguments for one stage: evaluate and checkpoint each epoch (or every save_steps), keep the best."""
+    steps_per_epoch = math.ceil(num_train_rows / (cfg.batch_size * cfg.gradient_accumulation_steps))
+    total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    strategy = "steps" if cfg.save_steps else "epoch"
+    return TrainingArguments(
+        output_dir=str(work_dir),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=int(round(cfg.warmup_ratio * total_steps)),
+        lr_scheduler_type="linear",
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm > 0 else 1e9,
+        bf16=cfg.bf16,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=cfg.save_steps or None,
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        report_to=["tensorboard"],
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        use_cpu=not torch.cuda.is_available(),
+    )

@@ -1,0 +1,533 @@
+"""Export a saved student for deployment: HF format with a model card, ONNX (checked against PyTorch), ONNX int8.
+
+A student directory is what `save_pretrained` writes for an `AutoModelForSequenceClassification` model
+(safetensors + config.json) plus its tokenizer files. Every variant lands in its own directory, written under a
+temporary name and renamed into place only once it is complete and verified, so a failed export leaves nothing:
+
+    out_dir/hf          safetensors, config, tokenizer, README.md model card
+    out_dir/onnx        model.onnx (fp32, dynamic batch and sequence axes), config, tokenizer, distil_export.json
+    out_dir/onnx-int8   model.onnx (ONNX Runtime dynamic quantisation, int8 weights), config, tokenizer
+
+PyTorch int8 (`torch.ao.quantization.quantize_dynamic`) has no file of its own: its packed weights are not plain
+tensors, so they cannot be stored as safetensors, and distil loads nothing by pickle. Quantisation is
+deterministic and takes milliseconds, so `distil.serving.load_student(out_dir / "hf", variant="torch-int8")`
+quantises on load and gets the same model a saved copy would hold.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from distil.errors import DistilError
+from distil.io import atomic_dir, read_json, write_json, write_text
+
+MODEL_ONNX = "model.onnx"
+EXPORT_META = "distil_export.json"
+# Inputs a sequence classifier may take, in the order the exported graph lists them.
+INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
+DEFAULT_SAMPLE_TEXTS = (
+    "ok",
+    "The service was quick and the food arrived hot.",
+    "I waited forty minutes, the order was wrong, and nobody at the counter seemed to care at all about it.",
+    "Short one.",
+    (
+        "A somewhat longer sentence that mixes several clauses, numbers like 42 and 3.14, and punctuation; "
+        "it is here so that the exported graph sees a sequence length it was not traced with."
+    ),
+)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def read_student_config(model_dir: str | os.PathLike, what: str = "model_dir") -> dict:
+    """Return the student's config.json as a dict, refusing a missing dir or a dir without config.json.
+
+    Raises:
+        DistilError: ``model_dir`` does not exist or has no config.json.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise DistilError(f"{what} '{model_dir}' does not exist; pass the directory a student was saved to")
+    if not (model_dir / "config.json").is_file():
+        raise DistilError(f"{what} '{model_dir}' has no config.json; pass a directory written by save_pretrained")
+    return read_json(model_dir / "config.json")
+
+
+def _refuse_lstm(config: dict, model_dir: Path, action: str) -> None:
+    if config.get("distil_model") == "lstm":
+        raise DistilError(
+            f"model_dir '{model_dir}' is a distil LSTM student (config.json distil_model='lstm'); {action} supports "
+            "HF AutoModelForSequenceClassification students only; export/serve the LSTM with PyTorch directly"
+        )
+
+
+def load_hf_student(model_dir: str | os.PathLike) -> tuple[nn.Module, Any]:
+    """Load a saved HF sequence classifier (fp32, eval mode) and its tokenizer from ``model_dir``.
+
+    Raises:
+        DistilError: the directory is missing, lacks config.json or safetensors weights, is an LSTM student, or
+            its tokenizer cannot be loaded.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    config = read_student_config(model_dir)
+    _refuse_lstm(config, model_dir, "this")
+    if not any(model_dir.glob("*.safetensors")):
+        raise DistilError(
+            f"model_dir '{model_dir}' has config.json but no *.safetensors weights; save the student with "
+            "save_pretrained(safe_serialization=True)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:
+        raise DistilError(
+            f"model_dir '{model_dir}': no loadable tokenizer ({type(e).__name__}); save the tokenizer beside the "
+            "model with tokenizer.save_pretrained(model_dir)"
+        ) from e
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+    return model.eval(), tokenizer
+
+
+def model_input_names(model: nn.Module, tokenizer: Any) -> list[str]:
+    """The inputs the exported graph takes: those the tokenizer produces and the model's forward accepts."""
+    import inspect
+
+    accepted = set(inspect.signature(model.forward).parameters)
+    produced = set(getattr(tokenizer, "model_input_names", INPUT_ORDER))
+    names = [n for n in INPUT_ORDER if n in accepted and (n in produced or n == "input_ids")]
+    return names
+
+
+def _encode(tokenizer: Any, texts: Sequence, names: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenise single texts or (text, text_pair) tuples into int64 tensors holding exactly ``names``."""
+    if texts and isinstance(texts[0], (tuple, list)):
+        firsts, seconds = [t[0] for t in texts], [t[1] for t in texts]
+        enc = tokenizer(firsts, seconds, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    else:
+        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {name: enc[name].to(torch.int64) for name in names}  # (B, T) each
+
+
+def _sample_batches(tokenizer: Any, names: Sequence[str], sample_texts: Sequence | None, max_length: int) -> list:
+    """Batches of different sizes and sequence lengths: the first one traces, the rest check the dynamic axes."""
+    texts = list(sample_texts) if sample_texts else list(DEFAULT_SAMPLE_TEXTS)
+    if len(texts) < 3:
+        texts = (texts * 3)[:3]
+    groups = [texts[1:3], texts[:1], texts[-3:], texts]
+    if not isinstance(texts[0], (tuple, list)):
+        groups.append([(texts[0], texts[-1]), (texts[-1], texts[1])])  # sentence pairs exercise token_type_ids
+    return [_encode(tokenizer, g, names, max_length) for g in groups]
+
+
+def _max_length(model: nn.Module, cap: int = 128) -> int:
+    return int(min(cap, getattr(model.config, "max_position_embeddings", cap) or cap))
+
+
+# ----------------------------------------------------------------------------------------------- ONNX
+
+
+class _LogitsOnly(nn.Module):
+    """Positional tensors in ``names`` order -> logits (B, C): the signature torch.onnx.export traces."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]):
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, tensors)), return_dict=True).logits
+
+
+def _torch_onnx_export(model: nn.Module, names: list[str], example: dict, path: Path, opset: int) -> None:
+    wrapper = _LogitsOnly(model, names).eval()
+    # The exporter restores each module's train/eval flag afterwards from the wrapper's, so both must be eval
+    # or dropout stays switched on in the PyTorch model that the export is then compared against.
+    dynamic_axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    with warnings.catch_warnings():
+        # Legacy (TorchScript) exporter on purpose: onnxruntime's quantize_dynamic accepts its graphs (STACK.md).
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        # Transformers' mask code branches on tensor values while tracing; verification at other shapes
+        # below is what proves the traced graph general, so these warnings carry no information here.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # Mask indices are built with arange (never negative); the same verification would catch it otherwise.
+        warnings.filterwarnings("ignore", message=".*aten::index operator of advanced indexing.*")
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                tuple(example[n] for n in names),
+                str(path),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    model.eval()
+
+
+def ort_session(path: str | os.PathLike):
+    """An ONNX Runtime CPU session for ``path``."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _ort_logits(session, batch: dict[str, torch.Tensor]) -> np.ndarray:
+    wanted = [i.name for i in session.get_inputs()]
+    return session.run(["logits"], {n: batch[n].numpy() for n in wanted})[0]
+
+
+def _verify_onnx(onnx_path: Path, model: nn.Module, batches: list[dict]) -> float:
+    """Max |logits_onnx - logits_torch| over ``batches``; each batch has its own batch size and sequence length."""
+    session = ort_session(onnx_path)
+    worst = 0.0
+    for batch in batches:
+        with torch.inference_mode():
+            ref = model(**batch).logits.float().numpy()  # (B, C)
+        got = _ort_logits(session, batch)  # (B, C)
+        if got.shape != ref.shape:
+            raise DistilError(f"ONNX export '{onnx_path}': output shape {got.shape} != PyTorch {ref.shape}")
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not overwrite:
+        raise DistilError(f"out_dir '{out_dir}' already exists; pass overwrite=True (--overwrite) or another path")
+
+
+def export_onnx(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    opset: int = 17,
+    max_abs_tolerance: float = 1e-4,
+    sample_texts: Sequence[str] | Sequence[tuple[str, str]] | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Export a saved HF student to ONNX with dynamic batch and sequence axes, verified against PyTorch.
+
+    Args:
+        model_dir: directory written by ``save_pretrained`` (model + tokenizer).
+        out_dir: created whole with model.onnx, config.json, tokenizer files and distil_export.json.
+        opset: ONNX opset for the legacy TorchScript exporter.
+        max_abs_tolerance: largest allowed |logits_onnx - logits_torch| over the check batches.
+        sample_texts: texts (or text pairs) to trace and check with; a built-in mix of lengths by default.
+        overwrite: replace an existing ``out_dir``.
+
+    Returns:
+        {"path", "max_abs_diff", "size_bytes", "tolerance", "opset", "input_names", "checked_shapes"}.
+
+    Raises:
+        DistilError: bad ``model_dir``, existing ``out_dir``, or the check exceeds ``max_abs_tolerance`` (then
+            nothing is written).
+    """
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    model, tokenizer = load_hf_student(model_dir)
+    names = model_input_names(model, tokenizer)
+    batches = _sample_batches(tokenizer, names, sample_texts, _max_length(model))
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        _torch_onnx_export(model, names, batches[0], tmp / MODEL_ONNX, opset)
+        max_abs_diff = _verify_onnx(tmp / MODEL_ONNX, model, batches)
+        if not max_abs_diff <= max_abs_tolerance:  # also catches NaN
+            raise DistilError(
+                f"ONNX export of '{model_dir}': max |logits_onnx - logits_torch| = {max_abs_diff:.3g} exceeds "
+                f"max_abs_tolerance={max_abs_tolerance:g}; raise the tolerance or try another opset (now {opset})"
+            )
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        result = {
+            "path": str(out_dir / MODEL_ONNX),
+            "max_abs_diff": max_abs_diff,
+            "size_bytes": (tmp / MODEL_ONNX).stat().st_size,
+            "tolerance": max_abs_tolerance,
+            "opset": opset,
+            "input_names": names,
+            "checked_shapes": [list(b["input_ids"].shape) for b in batches],
+        }
+        write_json(tmp / EXPORT_META, {"variant": "onnx", "source": str(model_dir), **result})
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- int8
+
+
+def _copy_side_files(src: Path, dst: Path) -> None:
+    """Copy config and tokenizer files (everything but the graph, its metadata and the card)."""
+    skip = {MODEL_ONNX, MODEL_ONNX + ".data", EXPORT_META, "README.md"}
+    for f in src.iterdir():
+        if f.is_file() and f.name not in skip and not f.name.startswith("."):
+            shutil.copy2(f, dst / f.name)
+
+
+def quantize_onnx_int8(
+    onnx_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    sample_texts: Sequence[str] | Sequence[tuple[str, str]] | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Dynamically quantise an exported ONNX student to int8 weights (ONNX Runtime ``quantize_dynamic``, QInt8).
+
+    Activations stay float and are quantised per batch at run time, so no calibration data is needed. ONNX Runtime
+    logs "Please consider to run pre-processing"; its pre-processing (``quant_pre_process``) stops on these graphs
+    with "Incomplete symbolic shape inference", so it is not run.
+
+    Args:
+        onnx_dir: a directory written by `export_onnx`.
+        out_dir: created whole with the int8 model.onnx plus the config and tokenizer files of ``onnx_dir``.
+        sample_texts: texts (or pairs) on which the int8 logits are compared with the fp32 graph's.
+        overwrite: replace an existing ``out_dir``.
+
+    Returns:
+        {"path", "size_bytes", "fp32_size_bytes", "size_ratio", "max_abs_diff" (vs fp32 ONNX logits),
+        "label_agreement" (fraction of sample inputs whose argmax matches fp32)}.
+
+    Raises:
+        DistilError: ``onnx_dir`` has no model.onnx, or ``out_dir`` exists.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoTokenizer
+
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    if not (onnx_dir / MODEL_ONNX).is_file():
+        raise DistilError(f"onnx_dir '{onnx_dir}' has no {MODEL_ONNX}; export one first with export_onnx")
+    _check_out_dir(out_dir, overwrite)
+    tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
+    fp32 = ort_session(onnx_dir / MODEL_ONNX)
+    names = [i.name for i in fp32.get_inputs()]
+    max_positions = read_student_config(onnx_dir, "onnx_dir").get("max_position_embeddings") or 128
+    batches = _sample_batches(tokenizer, names, sample_texts, min(128, int(max_positions)))
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        quantize_dynamic(onnx_dir / MODEL_ONNX, tmp / MODEL_ONNX, weight_type=QuantType.QInt8)
+        int8 = ort_session(tmp / MODEL_ONNX)
+        diffs, agree, total = [], 0, 0
+        for batch in batches:
+            ref, got = _ort_logits(fp32, batch), _ort_logits(int8, batch)  # (B, C) each
+            diffs.append(float(np.abs(got - ref).max()))
+            agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
+            total += len(ref)
+        _copy_side_files(onnx_dir, tmp)
+        size, fp32_size = (tmp / MODEL_ONNX).stat().st_size, (onnx_dir / MODEL_ONNX).stat().st_size
+        result = {
+            "path": str(out_dir / MODEL_ONNX),
+            "size_bytes": size,
+            "fp32_size_bytes": fp32_size,
+            "size_ratio": size / fp32_size,
+            "max_abs_diff": max(diffs),
+            "label_agreement": agree / total,
+        }
+        write_json(tmp / EXPORT_META, {"variant": "onnx-int8", "source": str(onnx_dir), **result})
+    return result
+
+
+def quantize_torch_int8(model: nn.Module) -> nn.Module:
+    """A dynamically quantised copy of ``model``: every nn.Linear gets int8 weights, activations quantised per call.
+
+    In memory only, by design: the quantised modules hold packed weights (not plain tensors) that safetensors
+    cannot store, and distil never pickles. Quantising is deterministic and fast, so serving does it on load
+    (``load_student(dir, variant="torch-int8")``). CPU only. Embeddings and LayerNorm stay fp32.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        return torch.ao.quantization.quantize_dynamic(model.cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+# ----------------------------------------------------------------------------------------------- card + all
+
+
+def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False) -> dict:
+    """Re-save the student as HF format (safetensors, config, tokenizer); returns {"path", "size_bytes", "params"}."""
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    model, tokenizer = load_hf_student(model_dir)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        size = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
+    return {"path": str(out_dir), "size_bytes": size, "params": sum(p.numel() for p in model.parameters())}
+
+
+CARD_SETTINGS = (
+    ("teacher", "teacher"),
+    ("recipe", "recipe"),
+    ("kd_temperature", "kd_temperature (T)"),
+    ("alpha", "alpha (weight of hard-label CE; 1 - alpha weights the teacher term)"),
+    ("dataset", "dataset"),
+    ("task", "task"),
+)
+CARD_KNOWN = {k for k, _ in CARD_SETTINGS} | {
+    "model_name", "distillation", "metrics", "teacher_metrics", "params", "teacher_params", "size_bytes",
+    "latency_ms", "variants",
+}  # fmt: skip
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _fmt_size(n_bytes: Any) -> str:
+    return f"{n_bytes / 1e6:.2f} MB ({n_bytes:,} bytes)" if isinstance(n_bytes, int) else _fmt(n_bytes)
+
+
+def _table(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+
+
+def _card_sections(report: dict) -> list[str]:
+    lines = []
+    settings = [(label, report[k]) for k, label in CARD_SETTINGS if k in report]
+    settings += list((report.get("distillation") or {}).items())
+    if settings:
+        lines += ["## How it was distilled", ""] + _table(["setting", "value"], [(k, _fmt(v)) for k, v in settings])
+    metrics, teacher = report.get("metrics") or {}, report.get("teacher_metrics") or {}
+    if metrics or teacher:
+        names = list(dict.fromkeys([*metrics, *teacher]))
+        rows = [(m, _fmt(metrics.get(m, "")), _fmt(teacher.get(m, ""))) for m in names]
+        lines += ["## Results", ""] + _table(["metric", "student", "teacher"], rows)
+    size_figures = (
+        ("params", "parameters", _fmt),
+        ("teacher_params", "teacher parameters", _fmt),
+        ("size_bytes", "size on disk", _fmt_size),
+        ("latency_ms", "latency (ms)", _fmt),
+    )
+    size_rows = [(label, fmt(report[key])) for key, label, fmt in size_figures if key in report]
+    if size_rows:
+        lines += ["## Size and speed", ""] + _table(["figure", "value"], size_rows)
+    variants = report.get("variants") or {}
+    if variants:
+        cols = list(dict.fromkeys(f for figures in variants.values() for f in figures))
+        rows = [[name] + [_fmt_size(v[c]) if c.endswith("bytes") and c in v else _fmt(v.get(c, "")) for c in cols]
+                for name, v in variants.items()]  # fmt: skip
+        lines += ["## Deployment variants", ""] + _table(["variant", *cols], rows)
+    other = [(k, _fmt(v)) for k, v in report.items() if k not in CARD_KNOWN]
+    if other:
+        lines += ["## Other figures", ""] + _table(["figure", "value"], other)
+    return lines
+
+
+def render_model_card(report: dict) -> str:
+    """Render a Hugging Face model card (README.md) from measured figures and distillation settings.
+
+    Args:
+        report: any of ``model_name``, ``teacher``, ``recipe``, ``kd_temperature``, ``alpha``, ``dataset``,
+            ``task``, ``distillation`` (dict of further settings), ``metrics`` and ``teacher_metrics``
+            ({name: value}), ``params``, ``teacher_params``, ``size_bytes``, ``latency_ms`` (number or dict such
+            as {"p50": .., "p95": ..}), ``variants`` ({variant: {figure: value}}); other keys are listed as is.
+
+    Returns:
+        Markdown with YAML front matter; every number given appears in it.
+    """
+    name = report.get("model_name", "distil student")
+    front = ["---", "library_name: transformers", "pipeline_tag: text-classification"]
+    front += ["tags:", "- distil", "- knowledge-distillation"]
+    if isinstance(report.get("teacher"), str) and "/" in report["teacher"] and not Path(report["teacher"]).exists():
+        front.append(f"base_model: {report['teacher']}")
+    intro = "A sequence classifier distilled with distil"
+    intro += f" from `{report['teacher']}`" if "teacher" in report else ""
+    intro += f" using the `{report['recipe']}` recipe." if "recipe" in report else "."
+    usage = [
+        "## Usage",
+        "",
+        "```python",
+        "from distil.serving import load_student",
+        "",
+        'student = load_student("path/to/this/dir")  # variant="torch-int8" quantises on load',
+        'print(student.predict(["an example sentence"]))',
+        "```",
+        "",
+    ]
+    return "\n".join([*front, "---", "", f"# {name}", "", intro, "", *_card_sections(report), *usage])
+
+
+def write_model_card(model_dir: str | os.PathLike, report: dict) -> Path:
+    """Write ``model_dir``/README.md: the model card `render_model_card` makes of ``report``; returns its path."""
+    return write_text(Path(model_dir) / "README.md", render_model_card(report))
+
+
+def export_all(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    int8: bool = True,
+    report: dict | None = None,
+    evaluate: Callable[[Any], dict] | None = None,
+    opset: int = 17,
+    max_abs_tolerance: float = 1e-4,
+    sample_texts: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Write every deployment variant of a student under ``out_dir`` (hf, onnx, onnx-int8) and a model card.
+
+    Args:
+        model_dir: the saved student (HF format).
+        out_dir: created whole; nothing appears there unless every variant exported and verified.
+        int8: also write the ONNX Runtime int8 variant.
+        report: figures and distillation settings for the model card (teacher, recipe, kd_temperature, alpha,
+            metrics, latency...; see `render_model_card`); the export's own measurements are added.
+        evaluate: optional ``Predictor -> dict`` (e.g. test-split accuracy); called for every variant, including
+            "torch-int8" (quantised on load from hf/), and its figures go into the result and the card.
+        opset, max_abs_tolerance, sample_texts: as in `export_onnx`.
+        overwrite: replace an existing ``out_dir``.
+
+    Returns:
+        {variant: {"dir", ...figures}} for "hf", "torch-int8" (dir = hf/), "onnx" and, with ``int8``,
+        "onnx-int8"; every "dir" is what `distil.serving.load_student` takes. Also written to out_dir/export.json.
+    """
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        results: dict[str, dict] = {"hf": export_hf(model_dir, tmp / "hf")}
+        results["torch-int8"] = {"note": "quantised on load from hf/: load_student(dir, variant='torch-int8')"}
+        results["onnx"] = export_onnx(
+            model_dir, tmp / "onnx", opset=opset, max_abs_tolerance=max_abs_tolerance, sample_texts=sample_texts
+        )
+        if int8:
+            results["onnx-int8"] = quantize_onnx_int8(tmp / "onnx", tmp / "onnx-int8", sample_texts=sample_texts)
+        subdirs = {"hf": "hf", "torch-int8": "hf", "onnx": "onnx", "onnx-int8": "onnx-int8"}
+        if evaluate is not None:
+            from distil.serving import load_student
+
+            for key, figures in results.items():
+                figures.update(evaluate(load_student(tmp / subdirs[key], variant=VARIANT_OF[key])))
+        for key, figures in results.items():  # name where things will be once tmp is renamed to out_dir
+            figures["dir"] = str(out_dir / subdirs[key])
+            if "path" in figures:
+                figures["path"] = figures["path"].replace(str(tmp), str(out_dir))
+        report = dict(report or {})
+        report.setdefault("params", results["hf"]["params"])
+        report.setdefault("size_bytes", results["hf"]["size_bytes"])
+        report["variants"] = {**report.get("variants", {}), **_card_figures(results)}
+        write_model_card(tmp / "hf", report)
+        write_json(tmp / "export.json", results)
+    return results
+
+
+VARIANT_OF = {"hf": "torch", "torch-int8": "torch-int8", "onnx": "onnx", "onnx-int8": "onnx-int8"}
+
+
+def _card_figures(results: dict[str, dict]) -> dict[str, dict]:
+    keep = ("accuracy", "f1", "size_bytes", "max_abs_diff", "label_agreement", "latency_ms", "note")
+    return {k: {f: v[f] for f in keep if f in v} for k, v in results.items()}

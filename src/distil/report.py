@@ -1,0 +1,177 @@
+"""The comparison a person can trust: report.json, report.md, PNG plots, and the table printed at the end."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from distil.errors import DistilError
+from distil.evaluate import evaluate_split, latency_table, size_on_disk
+from distil.models.loading import count_parameters
+from distil.io import atomic_path, read_json, write_json, write_text
+
+ROLES = {"teacher": "teacher", "student": "distilled student", "baseline": "student without teacher"}
+
+
+def run_eval(ctx) -> dict:
+    """Stage 4: evaluate every saved model on the test split(s), time them, write report.json/.md and plots."""
+    from distil.pipeline import MODEL_STAGES, load_stage_model, previous_history
+
+    cfg = ctx.cfg
+    ctx.load_data()
+    stages = [s for s in MODEL_STAGES if ctx.done(s)]
+    if "teacher" not in stages:
+        raise DistilError(f"output_dir '{ctx.out}' has no trained teacher to evaluate; run `distil run` first")
+    models = {s: load_stage_model(ctx, s) for s in stages}
+    num_labels = len(ctx.data.label_names)
+    rows: dict[str, dict] = {}
+    eval_sets = ["test"] + [k for k in ctx.datasets if k.startswith("extra:")]
+    for stage, model in models.items():
+        row = {"role": ROLES[stage], "parameters": count_parameters(model),
+               "size_bytes": size_on_disk(ctx.stage_dir(stage))}
+        for name in eval_sets:
+            metrics = evaluate_split(model, ctx.datasets[name], ctx.collator(), num_labels,
+                                     cfg.distill.eval_batch_size, desc=f"{stage} {name}")
+            row[name.replace("extra:", "")] = metrics
+        history = previous_history(ctx, stage)
+        row["validation"] = {k.replace("eval_", ""): v for k, v in history.get("best_validation", {}).items()
+                             if k in ("eval_accuracy", "eval_macro_f1")}
+        row["train_seconds"] = history.get("train_seconds")
+        rows[stage] = row
+    start = time.perf_counter()
+    latency = latency_table(models, cfg.eval.latency_batch_sizes, cfg.eval.latency_seq_length,
+                            cfg.eval.latency_repeats)
+    for stage in rows:
+        rows[stage]["latency_ms"] = {str(b): round(v, 3) for b, v in latency[stage].items()}
+        rows[stage]["speedup"] = {str(b): round(latency["teacher"][b] / latency[stage][b], 3) for b in latency[stage]}
+        rows[stage]["accuracy_retention"] = round(rows[stage]["test"]["accuracy"] / rows["teacher"]["test"]["accuracy"], 4)
+    ctx.timings["latency"] = time.perf_counter() - start
+    soft = ctx.out / "soft_labels.json"
+    report = {
+        "data": {"source": cfg.data.source, "splits": {k: len(v) for k, v in ctx.data.splits.items()},
+                 "labels": ctx.data.label_names, "skipped_empty_rows": ctx.data.skipped_empty,
+                 "extra_test_sets": {k: len(v) for k, v in ctx.data.extra_tests.items()}},
+        "teacher_source": cfg.teacher.model,
+        "student_init": {"init": cfg.student.init, "layers": cfg.student.layers},
+        "loss": {"alpha": cfg.loss.alpha, "kd_temperature": cfg.loss.kd_temperature, "soft_loss": cfg.loss.soft_loss},
+        "latency_protocol": {"device": "cpu fp32, inference_mode", "seq_length": cfg.eval.latency_seq_length,
+                             "repeats": cfg.eval.latency_repeats, "rounds": 3, "statistic": "median of round medians",
+                             "threads": _threads()},
+        "models": rows,
+        "soft_labels": read_json(soft) if soft.is_file() else None,
+        "timings": {k: round(v, 1) for k, v in ctx.timings.items()},
+    }
+    write_text(ctx.out / "report.md", render_markdown(report))
+    plot_report(ctx, report)
+    write_json(ctx.out / "report.json", report)
+    print(render_table(report))
+    return report
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    batch_sizes = list(next(iter(report["models"].values()))["latency_ms"])
+    extra = list(report["data"]["extra_test_sets"])
+    head = ["model", "test acc", "macro-F1", "of teacher", "params", "size MB"]
+    head += [f"b{b} ms" for b in batch_sizes] + [f"speedup b{b}" for b in batch_sizes] + [f"{e} acc" for e in extra]
+    rows = [head]
+    for stage, r in report["models"].items():
+        row = [r["role"], f"{100 * r['test']['accuracy']:.2f}", f"{100 * r['test']['macro_f1']:.2f}",
+               f"{100 * r['accuracy_retention']:.1f}%", f"{r['parameters'] / 1e6:.2f}M", f"{r['size_bytes'] / 1e6:.1f}"]
+        row += [f"{r['latency_ms'][b]:.1f}" for b in batch_sizes] + [f"{r['speedup'][b]:.2f}x" for b in batch_sizes]
+        row += [f"{100 * r[e]['accuracy']:.2f}" for e in extra]
+        rows.append(row)
+    return rows
+
+
+def render_table(report: dict) -> str:
+    rows = table_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict) -> str:
+    rows = table_rows(report)
+    md = ["# distil report", "",
+          f"Data: `{report['data']['source']}` {report['data']['splits']}, labels {report['data']['labels']}.",
+          f"Teacher: `{report['teacher_source']}`. Student: {report['student_init']}. Loss: {report['loss']}.", "",
+          "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    p = report["latency_protocol"]
+    md += ["", f"Latency: {p['device']}, {p['seq_length']}-token inputs, {p['threads']} threads, "
+               f"{p['statistic']} of {p['repeats']} timed forwards x {p['rounds']} interleaved rounds.",
+           f"Timings (s): {report['timings']}.", ""]
+    if report.get("soft_labels"):
+        s = report["soft_labels"]
+        md.append(f"Soft labels: {s['status']} (fingerprint `{s['fingerprint']}`, shape {s['shape']}).")
+    return "\n".join(md) + "\n"
+
+
+def _curves(history: dict) -> tuple[list, list, list, list]:
+    steps, losses, eval_steps, eval_acc = [], [], [], []
+    for entry in history.get("log_history", []):
+        if "loss" in entry:
+            steps.append(entry["step"])
+            losses.append(entry["loss"])
+        if "eval_accuracy" in entry:
+            eval_steps.append(entry["step"])
+            eval_acc.append(entry["eval_accuracy"])
+    return steps, losses, eval_steps, eval_acc
+
+
+def plot_report(ctx, report: dict) -> None:
+    """plots/training_curves.png (loss and validation accuracy per stage) and plots/comparison.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from distil.pipeline import previous_history
+
+    plots = Path(ctx.out) / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for stage in report["models"]:
+        steps, losses, eval_steps, eval_acc = _curves(previous_history(ctx, stage))
+        if steps:
+            ax_loss.plot(steps, losses, label=stage)
+        if eval_steps:
+            ax_acc.plot(eval_steps, eval_acc, marker="o", label=stage)
+    ax_loss.set(title="training loss", xlabel="step")
+    ax_acc.set(title="validation accuracy", xlabel="step")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    _save(fig, plots / "training_curves.png")
+
+    names = list(report["models"])
+    acc = [100 * report["models"][n]["test"]["accuracy"] for n in names]
+    batch_sizes = list(report["models"][names[0]]["latency_ms"])
+    fig, (ax_a, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_a.bar(names, acc, color=["#555", "#2a7", "#aaa"][: len(names)])
+    ax_a.set(title="test accuracy (%)", ylim=(max(0, min(acc) - 10), min(100, max(acc) + 3)))
+    width = 0.8 / len(batch_sizes)
+    for i, b in enumerate(batch_sizes):
+        ax_l.bar(np.arange(len(names)) + i * width, [report["models"][n]["latency_ms"][b] for n in names], width,
+                 label=f"batch {b}")
+    ax_l.set_xticks(np.arange(len(names)) + width * (len(batch_sizes) - 1) / 2, names)
+    ax_l.set(title="CPU latency (ms, fp32)", yscale="log")
+    ax_l.legend()
+    _save(fig, plots / "comparison.png")
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
