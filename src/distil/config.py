@@ -178,9 +178,17 @@ class StudentConfig:
             _check(getattr(self, key) >= 1, key, getattr(self, key), "an int >= 1")
 
 
+FEATURE_WEIGHTS = ("embedding_weight", "hidden_weight", "hidden_cosine_weight", "attention_weight",
+                   "attention_kl_weight", "minilm_attention_weight", "minilm_value_weight", "rkd_distance_weight",
+                   "rkd_angle_weight", "mlm_weight")
+
+
 @dataclass
 class LossConfig:
-    """The distillation objective: L = alpha * CE(hard labels) + (1 - alpha) * soft term (see docs/losses.md)."""
+    """The distillation objective (see docs/losses.md for every convention).
+
+    L = logits_weight * [alpha * CE(hard labels) + (1 - alpha) * soft term] + sum of weighted feature terms.
+    """
 
     alpha: float = 0.5
     """Weight of the hard-label cross-entropy; 1 - alpha weights the soft (teacher) term."""
@@ -188,10 +196,50 @@ class LossConfig:
     """Softmax temperature T of the KL term (which is multiplied by T^2)."""
     soft_loss: Literal["kl", "mse"] = "kl"
     """Soft term: KL(teacher_T || student_T) * T^2, or MSE between raw logits."""
+    logits_weight: float = 1.0
+    """Weight of the prediction-layer objective (0: intermediate layers only, as in TinyBERT's first step)."""
+    embedding_weight: float = 0.0
+    """TinyBERT embedding-layer MSE (projection when widths differ)."""
+    hidden_weight: float = 0.0
+    """TinyBERT hidden-state MSE on mapped layers (projection when widths differ)."""
+    hidden_cosine_weight: float = 0.0
+    """DistilBERT cosine loss between last hidden states."""
+    attention_weight: float = 0.0
+    """TinyBERT attention MSE on pre-softmax scores of mapped layers (same head count)."""
+    attention_kl_weight: float = 0.0
+    """KL between attention probabilities of mapped layers (same head count)."""
+    minilm_attention_weight: float = 0.0
+    """MiniLM: KL of the last layer's self-attention distributions (same head count)."""
+    minilm_value_weight: float = 0.0
+    """MiniLM: value-relation KL of the last layer (v1), or query/key/value relations with relation heads (v2)."""
+    minilm_relation_heads: int | None = None
+    """MiniLMv2 relation heads (teacher and student may differ in width and heads); null: MiniLM v1."""
+    rkd_distance_weight: float = 0.0
+    """RKD distance loss on pooled ([CLS]) representations."""
+    rkd_angle_weight: float = 0.0
+    """RKD angle loss on pooled ([CLS]) representations."""
+    mlm_weight: float = 0.0
+    """DistilBERT's masked-LM loss on the student (teacher and student need MLM heads)."""
+    layer_map: str | list[int] = "uniform"
+    """Student -> teacher layers for intermediate losses: uniform, last-k, or a teacher layer per student layer."""
 
     def __post_init__(self):
         _check(0.0 <= self.alpha <= 1.0, "alpha", self.alpha, "a number in [0, 1]")
         _check(0.0 < self.kd_temperature <= 100.0, "kd_temperature", self.kd_temperature, "a number in (0, 100]")
+        for key in ("logits_weight", *FEATURE_WEIGHTS):
+            _check(getattr(self, key) >= 0, key, getattr(self, key), "a number >= 0")
+        _check(self.minilm_relation_heads is None or self.minilm_relation_heads >= 1, "minilm_relation_heads",
+               self.minilm_relation_heads, "null or an int >= 1")
+        if isinstance(self.layer_map, str):
+            _check(self.layer_map in ("uniform", "last-k"), "layer_map", self.layer_map,
+                   "uniform, last-k or a list with one teacher layer per student layer")
+        _check(self.logits_weight > 0 or self.uses_features, "logits_weight", self.logits_weight,
+               "> 0 unless some feature weight is > 0 (otherwise nothing is learned)")
+
+    @property
+    def uses_features(self) -> bool:
+        """True when some term needs more than the teacher's logits (so the teacher runs live)."""
+        return any(getattr(self, key) > 0 for key in FEATURE_WEIGHTS)
 
 
 @dataclass
@@ -362,7 +410,8 @@ def load_yaml(name_or_path: str) -> dict:
 def load_config(name_or_path: str | None = None, overrides: dict | None = None) -> RunConfig:
     """The embedded default, updated by a YAML file or recipe, then by ``overrides`` (from CLI flags)."""
     data = load_yaml(name_or_path) if name_or_path else {}
-    return from_dict(RunConfig, merge(data, overrides or {}))
+    # Merge onto the default's dict so a partial section keeps its own defaults (teacher.train's learning rate).
+    return from_dict(RunConfig, merge(merge(to_dict(RunConfig()), data), overrides or {}))
 
 
 def flag_specs(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, str]]:

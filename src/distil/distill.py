@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from distil.config import LossConfig, TrainConfig
@@ -68,6 +68,17 @@ class Distiller(nn.Module):
         return kd_objective(student_logits.float(), teacher, labels, alpha=self.loss_cfg.alpha,
                             kd_temperature=self.loss_cfg.kd_temperature, soft_loss=self.loss_cfg.soft_loss)
 
+    def compute(self, model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
+                idx: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Run the student on ``inputs`` and return (loss, parts, student logits).
+
+        This is the one method the trainer calls; a distiller that needs the student's inner features
+        (distil.feature_distill) wraps the student's forward here.
+        """
+        logits = logits_of(model(**inputs))  # (B, C)
+        loss, parts = self(logits, labels, inputs, idx)
+        return loss, parts, logits
+
 
 class EpochLengthGroupedSampler(Sampler):
     """Length-grouped order that depends only on (seed, epoch), so a resumed run sees the same batches."""
@@ -91,10 +102,21 @@ class DistillationTrainer(Trainer):
 
     def __init__(self, *args, distiller: Distiller | None = None, group_by_length: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        if distiller is not None:  # the teacher and the trainable loss modules (projections) follow the student
+            distiller.to(self.args.device)
         self.distiller = distiller
         self.group_by_length = group_by_length
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let Trainer scale it for accumulation
         self._parts: dict[str, list[float]] = defaultdict(list)
+
+    def create_optimizer(self, *args, **kwargs):
+        """The student's AdamW, plus the distiller's own trainable parameters (projections) when it has any."""
+        created = self.optimizer is None
+        optimizer = super().create_optimizer(*args, **kwargs)
+        extra = [p for p in self.distiller.parameters() if p.requires_grad] if self.distiller is not None else []
+        if created and extra:
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        return optimizer
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -106,11 +128,10 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         idx = inputs.pop("idx", None)
         labels = inputs.pop("labels", None)
-        outputs = model(**inputs)
-        logits = logits_of(outputs)  # (B, C)
         if self.distiller is not None and model.training:
-            loss, parts = self.distiller(logits, labels, inputs, idx)
+            loss, parts, logits = self.distiller.compute(model, inputs, labels, idx)
         else:
+            logits = logits_of(model(**inputs))  # (B, C)
             loss = F.cross_entropy(logits.float(), labels)
             parts = {"ce": loss}
         if not torch.isfinite(loss):
@@ -152,20 +173,6 @@ def classification_metrics(pred: np.ndarray, gold: np.ndarray, num_labels: int |
             f1s.append(2 * tp / (2 * tp + fp + fn))
     return {"accuracy": float(np.mean(pred == gold)) if len(gold) else 0.0,
             "macro_f1": float(np.mean(f1s)) if f1s else 0.0}
-
-
-class StopOnFileCallback(TrainerCallback):
-    """Test hook: stop abruptly (SIGKILL) after a given global step, to exercise --resume."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            import os
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def training_arguments(cfg: TrainConfig, work_dir: Path, seed: int, num_train_rows: int) -> TrainingArguments:
