@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()  # load reports and deprecation chatter; our own lines say what ran
+    transformers.utils.logging.disable_progress_bar()  # per-tensor "Loading weights" bars; stage bars stay
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

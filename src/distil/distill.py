@@ -101,6 +101,7 @@ class DistillationTrainer(Trainer):
     """Trainer whose loss comes from a Distiller (or plain CE without one); logs each loss part."""
 
     def __init__(self, *args, distiller: Distiller | None = None, group_by_length: bool = True, **kwargs):
+        kwargs.setdefault("compute_metrics", accuracy_metrics)  # best-on-validation is chosen by accuracy
         super().__init__(*args, **kwargs)
         if distiller is not None:  # the teacher and the trainable loss modules (projections) follow the student
             distiller.to(self.args.device)

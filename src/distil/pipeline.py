@@ -199,11 +199,11 @@ def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:
     teacher = load_stage_model(ctx, "teacher")
     saved = {}
     if not ctx.done("student") or cfg.overwrite and not ctx.resume:
+        student = build_student(ctx, teacher)  # first: a bad student config fails before any teacher work
         if live_teacher:
             distiller = Distiller(cfg.loss, teacher=teacher)
         else:
             distiller = Distiller(cfg.loss, soft_labels=run_soft_labels(ctx, teacher))
-        student = build_student(ctx, teacher)
         history = {"init": cfg.student.init, "layers": getattr(student, "distil_layer_map", None),
                    "loss": {"alpha": cfg.loss.alpha, "kd_temperature": cfg.loss.kd_temperature,
                             "soft_loss": cfg.loss.soft_loss},

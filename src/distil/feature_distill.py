@@ -1,0 +1,556 @@
+"""Distillation inside the layers: a distiller that runs teacher and student under feature taps.
+
+`FeatureDistiller` is what the trainer asks for the loss when a recipe distils more than the teacher's logits
+(TinyBERT, DistilBERT, MiniLM, RKD). It hooks exactly the layers the configured terms read
+(:class:`~distil.models.features.FeatureTap`), runs the frozen teacher under ``torch.inference_mode`` and the
+student with autograd, and sums the weighted terms of ``LossConfig``:
+
+    L = logits_weight * [alpha * CE + (1 - alpha) * soft]                        (kd_objective; docs/losses.md)
+      + embedding_weight      * MSE(E_s W_e, E_t)                                 TinyBERT
+      + hidden_weight         * mean over mapped layers of MSE(H_s W_h, H_t)      TinyBERT (the paper sums)
+      + hidden_cosine_weight  * (1 - cos) between the last hidden states          DistilBERT
+      + attention_weight      * mean over mapped layers of MSE(scores)            TinyBERT (the paper sums)
+      + attention_kl_weight   * mean over mapped layers of KL(probabilities)
+      + minilm_attention_weight * KL of the MiniLM layer's attention distributions     MiniLM
+      + minilm_value_weight   * value-relation KL (v1), or each of the Q-Q, K-K, V-V relation KLs (v2)
+      + rkd_distance_weight / rkd_angle_weight * RKD on the first ([CLS]) token of the last hidden states
+      + mlm_weight            * the student's masked-LM cross-entropy on ``mlm_labels``   DistilBERT
+
+Layer pairs come from ``map_layers(loss_cfg.layer_map, M, N)``. The MiniLM terms compare the student's last
+layer with the teacher layer that the map gives it: the teacher's last layer under ``uniform`` and ``last-k``;
+MiniLMv2 distils large teachers from an upper-middle layer, which an explicit list ending in that layer selects.
+The learned projections (W_e, W_h, the cosine's) are submodules, so the trainer's optimizer trains them and
+``DistillerCheckpointCallback`` keeps them across ``--resume``; they are never part of the saved student.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import PreTrainedModel, TrainerCallback
+
+from distil.config import FEATURE_WEIGHTS, LossConfig
+from distil.distill import Distiller, logits_of
+from distil.errors import DistilError
+from distil.io import atomic_path
+from distil.losses import (
+    HiddenCosineLoss,
+    HiddenMSELoss,
+    attention_kl_loss,
+    attention_mse_loss,
+    combine,
+    kd_objective,
+    qkv_relation_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    self_attention_distribution_loss,
+    value_relation_loss,
+)
+from distil.losses.logits import IGNORE_INDEX
+from distil.models.features import (
+    FeatureSpec,
+    FeatureTap,
+    encoder_layers,
+    map_layers,
+    model_hidden_size,
+    model_num_heads,
+    model_num_layers,
+)
+
+DISTILLER_STATE_FILE = "distiller.safetensors"
+MAPPED_WEIGHTS = ("hidden_weight", "attention_weight", "attention_kl_weight")
+"""Terms computed on every (student, teacher) pair of the layer map."""
+HEAD_PAIRED_WEIGHTS = ("attention_weight", "attention_kl_weight", "minilm_attention_weight")
+"""Terms that compare attention head h of the student with head h of the teacher."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what each term needs, and why it cannot run
+
+
+def is_transformer(model: nn.Module) -> bool:
+    """True for a transformers model with one encoder layer stack (what feature capture hooks)."""
+    if not isinstance(model, PreTrainedModel):
+        return False
+    try:
+        encoder_layers(model)
+    except DistilError:
+        return False
+    return True
+
+
+def has_mlm_head(model: nn.Module) -> bool:
+    """True when the model predicts tokens (``get_output_embeddings()`` is a vocabulary projection)."""
+    get_output_embeddings = getattr(model, "get_output_embeddings", None)
+    return callable(get_output_embeddings) and get_output_embeddings() is not None
+
+
+def uses_value_v1(loss_cfg: LossConfig) -> bool:
+    """MiniLM v1's value relation (heads paired one to one) rather than MiniLMv2's relation heads."""
+    return loss_cfg.minilm_value_weight > 0 and loss_cfg.minilm_relation_heads is None
+
+
+def suggest_relation_heads(student_width: int, teacher_width: int, teacher_heads: int) -> int:
+    """The largest R <= the teacher's head count that divides both widths (MiniLMv2 uses 12 for base teachers)."""
+    common = math.gcd(student_width, teacher_width)
+    return max(r for r in range(1, min(common, max(teacher_heads, 1)) + 1) if common % r == 0)
+
+
+def term_specs(
+    weight_name: str, loss_cfg: LossConfig, pairs: list[tuple[int, int]]
+) -> tuple[FeatureSpec, FeatureSpec]:
+    """(student spec, teacher spec) of the features one configured term reads, given the layer pairs."""
+    student_last, teacher_minilm = pairs[-1]
+    s_layers, t_layers = tuple(s for s, _ in pairs), tuple(t for _, t in pairs)
+    if weight_name == "embedding_weight":
+        return FeatureSpec(embeddings=True), FeatureSpec(embeddings=True)
+    if weight_name == "hidden_weight":
+        return FeatureSpec(hidden_layers=s_layers), FeatureSpec(hidden_layers=t_layers)
+    if weight_name in ("attention_weight", "attention_kl_weight"):
+        return FeatureSpec(attention_layers=s_layers), FeatureSpec(attention_layers=t_layers)
+    if weight_name == "minilm_attention_weight":
+        return FeatureSpec(attention_layers=(student_last,)), FeatureSpec(attention_layers=(teacher_minilm,))
+    if weight_name == "minilm_value_weight":
+        return FeatureSpec(qkv_layers=(student_last,)), FeatureSpec(qkv_layers=(teacher_minilm,))
+    return FeatureSpec(), FeatureSpec()  # last hidden states: added by feature_specs, which knows the teacher depth
+
+
+def feature_specs(loss_cfg: LossConfig, pairs: list[tuple[int, int]], teacher_layers: int) -> tuple[FeatureSpec, ...]:
+    """(student spec, teacher spec): the union of what every term with a weight > 0 reads, nothing more."""
+    specs = [term_specs(name, loss_cfg, pairs) for name in FEATURE_WEIGHTS if getattr(loss_cfg, name) > 0]
+    last_hidden = any(
+        getattr(loss_cfg, n) > 0 for n in ("hidden_cosine_weight", "rkd_distance_weight", "rkd_angle_weight")
+    )
+    merged = []
+    for side, last in ((0, pairs[-1][0]), (1, teacher_layers - 1)):
+        parts = [spec[side] for spec in specs]
+        merged.append(
+            FeatureSpec(
+                embeddings=any(p.embeddings for p in parts),
+                hidden_layers=tuple(layer for p in parts for layer in p.hidden_layers)
+                + ((last,) if last_hidden else ()),
+                attention_layers=tuple(layer for p in parts for layer in p.attention_layers),
+                qkv_layers=tuple(layer for p in parts for layer in p.qkv_layers),
+            )
+        )
+    return tuple(merged)
+
+
+def term_problems(loss_cfg: LossConfig, teacher: nn.Module, student: nn.Module) -> dict[str, str]:
+    """Why each configured term (weight > 0) cannot run on this teacher/student pair; {} when all can.
+
+    Checks what the models alone decide: a Transformer layer stack on both sides for feature terms, the layer
+    map, head counts for head-paired terms (MiniLM v1 included), relation heads dividing both widths, hookable
+    embeddings/q/k/v modules, an MLM head for ``mlm_weight``, and the label count for the logit terms. Works on
+    models built on the meta device (no weights needed). Tokenisation is the caller's concern.
+
+    Returns:
+        {weight name: one-line reason}.
+    """
+    problems: dict[str, str] = {}
+    if loss_cfg.logits_weight > 0:
+        problems.update(_logit_problems(teacher, student))
+    wanted = [name for name in FEATURE_WEIGHTS if getattr(loss_cfg, name) > 0]
+    if not wanted:
+        return problems
+    for role, model in (("student", student), ("teacher", teacher)):
+        if not is_transformer(model):
+            extra = "use the kd recipe for an LSTM student" if role == "student" else "use a Transformer teacher"
+            for name in wanted:
+                problems.setdefault(
+                    name,
+                    f"needs the {role}'s Transformer layers, but the {role} is "
+                    f"{type(model).__name__}: this recipe needs layers; {extra}",
+                )
+    if problems.keys() >= set(wanted):
+        return problems
+    try:
+        pairs = map_layers(loss_cfg.layer_map, model_num_layers(student), model_num_layers(teacher))
+    except DistilError as error:
+        return {**problems, **{name: f"layer map: {error}" for name in wanted if name not in problems}}
+    for name in wanted:
+        if name not in problems and (reason := _feature_problem(name, loss_cfg, teacher, student, pairs)):
+            problems[name] = reason
+    return problems
+
+
+def _logit_problems(teacher: nn.Module, student: nn.Module) -> dict[str, str]:
+    t_labels, s_labels = _num_outputs(teacher), _num_outputs(student)
+    if t_labels is not None and s_labels is not None and t_labels != s_labels:
+        return {
+            "logits_weight": f"teacher predicts {t_labels} outputs, student {s_labels}: logit distillation needs "
+            "the same label set (same classes in the same order)"
+        }
+    return {}
+
+
+def _num_outputs(model: nn.Module) -> int | None:
+    if has_mlm_head(model):
+        return getattr(model.get_output_embeddings(), "out_features", None)
+    config = getattr(model, "config", None)
+    return getattr(config, "num_labels", None)
+
+
+def _feature_problem(
+    name: str, loss_cfg: LossConfig, teacher: nn.Module, student: nn.Module, pairs: list[tuple[int, int]]
+) -> str | None:
+    s_heads, t_heads = model_num_heads(student), model_num_heads(teacher)
+    s_width, t_width = model_hidden_size(student), model_hidden_size(teacher)
+    head_paired = name in HEAD_PAIRED_WEIGHTS or (name == "minilm_value_weight" and uses_value_v1(loss_cfg))
+    if head_paired and s_heads != t_heads:
+        r = suggest_relation_heads(s_width, t_width, t_heads)
+        return (
+            f"compares attention heads one to one, but the student has {s_heads} heads and the teacher "
+            f"{t_heads}; use MiniLMv2 relations instead: minilm_value_weight > 0 with minilm_relation_heads "
+            f"(e.g. {r}, which divides both widths {s_width} and {t_width})"
+        )
+    r = loss_cfg.minilm_relation_heads
+    if name == "minilm_value_weight" and r is not None and (s_width % r or t_width % r):
+        return (
+            f"minilm_relation_heads={r} must divide the student width {s_width} and the teacher width "
+            f"{t_width}; e.g. {suggest_relation_heads(s_width, t_width, t_heads)}"
+        )
+    if name == "mlm_weight":
+        if not has_mlm_head(student):
+            return (
+                f"the student ({type(student).__name__}) has no masked-LM head; the MLM term needs a *ForMaskedLM "
+                "student and batches carrying mlm_labels"
+            )
+        return None
+    student_spec, teacher_spec = term_specs(name, loss_cfg, pairs)
+    for role, model, spec in (("student", student, student_spec), ("teacher", teacher, teacher_spec)):
+        try:
+            FeatureTap(model, spec)  # resolves every hook target up front; registers nothing
+        except DistilError as error:
+            return f"cannot capture the {role}'s features: {error}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the distiller
+
+
+class FeatureDistiller(nn.Module):
+    """Teacher + student feature taps + loss terms -> the distillation loss of one batch.
+
+    Args:
+        loss_cfg: weights of every term, the layer map, alpha and the KD temperature (see the module docstring).
+        teacher: the frozen teacher (put in eval mode, requires_grad off); it runs live under inference_mode
+            whenever a feature term needs it, or when no soft labels are given.
+        student: the student being trained; hooks are placed on its modules, so ``compute`` must be given this
+            model (or a wrapper that calls it). It is not registered as a submodule (its parameters are the
+            trainer's own).
+        soft_labels: cached teacher logits of the training rows; when given, the logit term reads them (by the
+            batch's ``idx``) instead of the live teacher's logits.
+
+    Raises:
+        DistilError: one line naming the first configured term that cannot run (see :func:`term_problems`):
+            a non-Transformer student or teacher with a feature weight > 0, head-paired terms with different head
+            counts (suggests minilm_relation_heads), bad relation heads, a bad layer map, a student without an MLM
+            head for mlm_weight, different label counts for the logit term.
+    """
+
+    def __init__(self, loss_cfg: LossConfig, teacher: nn.Module, student: nn.Module, soft_labels=None):
+        super().__init__()
+        problems = term_problems(loss_cfg, teacher, student)
+        if problems:
+            name, reason = next(iter(problems.items()))
+            raise DistilError(f"loss.{name}={getattr(loss_cfg, name)}: {reason}")
+        self.loss_cfg = loss_cfg
+        self.soft_labels = soft_labels
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.terms = nn.ModuleDict()
+        self.pairs: list[tuple[int, int]] = []
+        self.state_loaded = False
+        uses_features = loss_cfg.uses_features
+        if uses_features:
+            self.pairs = map_layers(loss_cfg.layer_map, model_num_layers(student), model_num_layers(teacher))
+            self._build_terms(student)
+            self.student_spec, self.teacher_spec = feature_specs(loss_cfg, self.pairs, model_num_layers(teacher))
+        else:
+            self.student_spec, self.teacher_spec = FeatureSpec(), FeatureSpec()
+        self.student_tap = FeatureTap(student, self.student_spec) if uses_features else None
+        self.teacher_tap = FeatureTap(teacher, self.teacher_spec) if uses_features else None
+        self.teacher_last = model_num_layers(teacher) - 1 if uses_features else -1
+        self.weights = self._part_weights()
+
+    def _build_terms(self, student: nn.Module) -> None:
+        s_width, t_width = model_hidden_size(student), model_hidden_size(self.teacher)
+        if self.loss_cfg.embedding_weight > 0:  # TinyBERT's W_e
+            self.terms["embedding"] = HiddenMSELoss(s_width, t_width)
+        if self.loss_cfg.hidden_weight > 0:  # TinyBERT's W_h, shared by every mapped layer
+            self.terms["hidden"] = HiddenMSELoss(s_width, t_width)
+        if self.loss_cfg.hidden_cosine_weight > 0:
+            self.terms["hidden_cosine"] = HiddenCosineLoss(s_width, t_width)
+        self.student_heads, self.teacher_heads = model_num_heads(student), model_num_heads(self.teacher)
+
+    def _part_weights(self) -> dict[str, float]:
+        """Part name -> weight in the total; the names are the keys of the parts ``compute`` returns."""
+        cfg = self.loss_cfg
+        weights = {"ce": cfg.logits_weight * cfg.alpha, "kd": cfg.logits_weight * (1.0 - cfg.alpha)}
+        for name in FEATURE_WEIGHTS:
+            if getattr(cfg, name) > 0:
+                weights[name.removesuffix("_weight")] = getattr(cfg, name)
+        if cfg.minilm_value_weight > 0 and not uses_value_v1(cfg):  # MiniLMv2 sums Q-Q, K-K and V-V relations
+            weights["minilm_query"] = weights["minilm_key"] = cfg.minilm_value_weight
+        return weights
+
+    def train(self, mode: bool = True) -> FeatureDistiller:
+        """Train mode for the projections only; the teacher stays in eval mode (no dropout)."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    # ---- the loss of one batch
+
+    def compute(
+        self, model: nn.Module, inputs: dict[str, Tensor], labels: Tensor | None, idx: Tensor | None
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """Run teacher and student on ``inputs``; return (weighted total, unweighted parts, student logits).
+
+        Args:
+            model: the student given at construction (or a wrapper calling it).
+            inputs: the model inputs, (B, L) each; ``mlm_labels`` (B, L), -100 = not masked, is taken out and
+                used by the MLM term (and restricts a token-level logit term to the masked positions).
+            labels: (B,) class labels, or None (then alpha must be 0).
+            idx: (B,) training row indices, needed when soft labels are cached.
+
+        Returns:
+            ``(total, parts, logits)``: scalar total, {part: unweighted scalar tensor} holding only the
+            configured terms ("ce" only when labels are given), and the student's logits (B, C) or (B, L, V).
+
+        Raises:
+            DistilError: mlm_weight > 0 but no ``mlm_labels``; cached soft labels without ``idx``; any shape error
+                a loss raises; a non-finite part (named).
+        """
+        inputs = dict(inputs)
+        mlm_labels = inputs.pop("mlm_labels", None)
+        if self.loss_cfg.mlm_weight > 0 and mlm_labels is None:
+            raise DistilError(
+                "loss.mlm_weight > 0 but the batch has no 'mlm_labels' (B, L); feed masked-LM batches "
+                "(token ids to predict, -100 elsewhere) or set mlm_weight to 0"
+            )
+        mask = inputs.get("attention_mask")
+        teacher_logits, teacher_feats = self._run_teacher(inputs, idx)
+        if self.student_tap is None:
+            logits, student_feats = logits_of(model(**inputs)), None
+        else:
+            with self.student_tap.capture(mask) as student_feats:
+                logits = logits_of(model(**inputs))  # (B, C) or (B, L, V)
+        parts: dict[str, Tensor] = {}
+        if self.loss_cfg.logits_weight > 0:
+            parts.update(self._logit_parts(logits, teacher_logits, labels, mask, mlm_labels))
+        if student_feats is not None:
+            parts.update(self._feature_parts(student_feats, teacher_feats, mask))
+        if self.loss_cfg.mlm_weight > 0:
+            vocab = logits.shape[-1]
+            parts["mlm"] = F.cross_entropy(
+                logits.float().reshape(-1, vocab), mlm_labels.reshape(-1).long(), ignore_index=IGNORE_INDEX
+            )  # over (B * L) masked tokens
+        total, _ = combine(parts, {name: w for name, w in self.weights.items() if name in parts})
+        return total, parts, logits
+
+    def _run_teacher(self, inputs: dict[str, Tensor], idx: Tensor | None):
+        """(teacher logits or None, teacher Features or None); the teacher runs only when something needs it."""
+        cached = None
+        if self.soft_labels is not None and self.loss_cfg.logits_weight > 0:
+            if idx is None:
+                raise DistilError("cached soft labels need the batch's row indices ('idx'); keep the idx column")
+            cached = self.soft_labels.lookup(idx)  # (B, C)
+        needs_logits = self.loss_cfg.logits_weight > 0 and cached is None
+        if self.teacher_spec.is_empty and not needs_logits:
+            return cached, None
+        with torch.inference_mode():
+            if self.teacher_tap is None:
+                return logits_of(self.teacher(**inputs)), None
+            with self.teacher_tap.capture(inputs.get("attention_mask")) as feats:
+                outputs = self.teacher(**inputs)
+        return (cached if cached is not None else logits_of(outputs)), feats
+
+    def _logit_parts(
+        self,
+        logits: Tensor,
+        teacher_logits: Tensor,
+        labels: Tensor | None,
+        mask: Tensor | None,
+        mlm_labels: Tensor | None,
+    ) -> dict[str, Tensor]:
+        token_mask = None
+        if logits.dim() == 3:  # token-level logits: DistilBERT's KL runs on the masked positions only
+            token_mask = mlm_labels != IGNORE_INDEX if mlm_labels is not None else mask
+        _, parts = kd_objective(
+            logits.float(),
+            teacher_logits.to(logits.device),
+            labels,
+            alpha=self.loss_cfg.alpha,
+            kd_temperature=self.loss_cfg.kd_temperature,
+            soft_loss=self.loss_cfg.soft_loss,
+            mask=token_mask,
+        )
+        return parts
+
+    def _feature_parts(self, s, t, mask: Tensor | None) -> dict[str, Tensor]:
+        """Every configured feature term from the student's (s) and teacher's (t) captured Features."""
+        cfg, pairs = self.loss_cfg, self.pairs
+        s_last, t_minilm = pairs[-1]
+        parts: dict[str, Tensor] = {}
+        if cfg.embedding_weight > 0:
+            parts["embedding"] = self.terms["embedding"](s.embeddings, t.embeddings, mask)
+        if cfg.hidden_weight > 0:
+            parts["hidden"] = torch.stack(
+                [self.terms["hidden"](s.hidden[i], t.hidden[j], mask) for i, j in pairs]
+            ).mean()
+        if cfg.attention_weight > 0:
+            parts["attention"] = torch.stack(
+                [attention_mse_loss(s.attention_scores(i), t.attention_scores(j), mask) for i, j in pairs]
+            ).mean()
+        if cfg.attention_kl_weight > 0:
+            parts["attention_kl"] = torch.stack(
+                [attention_kl_loss(s.attention_probs(i), t.attention_probs(j), mask) for i, j in pairs]
+            ).mean()
+        if cfg.minilm_attention_weight > 0:
+            parts["minilm_attention"] = self_attention_distribution_loss(
+                s.attention_probs(s_last), t.attention_probs(t_minilm), mask
+            )
+        if cfg.minilm_value_weight > 0:
+            parts.update(self._minilm_relation_parts(s, t, s_last, t_minilm, mask))
+        if cfg.hidden_cosine_weight > 0:
+            parts["hidden_cosine"] = self.terms["hidden_cosine"](s.hidden[s_last], t.hidden[self.teacher_last], mask)
+        if cfg.rkd_distance_weight > 0 or cfg.rkd_angle_weight > 0:
+            parts.update(self._rkd_parts(s.hidden[s_last][:, 0], t.hidden[self.teacher_last][:, 0]))  # (B, D) [CLS]
+        return parts
+
+    def _minilm_relation_parts(self, s, t, s_layer: int, t_layer: int, mask: Tensor | None) -> dict[str, Tensor]:
+        if uses_value_v1(self.loss_cfg):
+            return {
+                "minilm_value": value_relation_loss(
+                    s.values[s_layer], t.values[t_layer], self.student_heads, self.teacher_heads, mask
+                )
+            }
+        heads = self.loss_cfg.minilm_relation_heads
+        return {
+            f"minilm_{kind}": qkv_relation_loss(
+                getattr(s, f"{kind}s")[s_layer], getattr(t, f"{kind}s")[t_layer], heads, mask
+            )
+            for kind in ("query", "key", "value")
+        }  # (B, L, D) projections -> (B, R, L, L) relations inside
+
+    def _rkd_parts(self, student_cls: Tensor, teacher_cls: Tensor) -> dict[str, Tensor]:
+        """RKD on (B, D) [CLS] vectors; a batch too small for the term (a last partial batch) contributes 0."""
+        parts, batch = {}, student_cls.shape[0]
+        zero = student_cls.new_zeros((), dtype=torch.float32)
+        if self.loss_cfg.rkd_distance_weight > 0:
+            parts["rkd_distance"] = rkd_distance_loss(student_cls, teacher_cls) if batch >= 2 else zero
+        if self.loss_cfg.rkd_angle_weight > 0:
+            parts["rkd_angle"] = rkd_angle_loss(student_cls, teacher_cls) if batch >= 3 else zero
+        return parts
+
+    # ---- projections across --resume
+
+    def state_for_checkpoint(self) -> dict[str, Tensor]:
+        """The learned projections (CPU, contiguous), keyed like ``terms.hidden.projection.weight``; {} if none."""
+        return {
+            f"terms.{name}": tensor.detach().cpu().contiguous().clone()
+            for name, tensor in self.terms.state_dict().items()
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
+        """Copy projections saved by :meth:`state_for_checkpoint` into this distiller, in place (same device).
+
+        Raises:
+            DistilError: missing or unexpected keys, or a shape mismatch (names the tensor); nothing is copied.
+        """
+        own = {f"terms.{name}": tensor for name, tensor in self.terms.state_dict().items()}
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise DistilError(
+                f"distiller state: missing {missing}, unexpected {unexpected}; the checkpoint was "
+                "written with other loss settings (weights or model widths)"
+            )
+        for name, tensor in own.items():
+            if tuple(state[name].shape) != tuple(tensor.shape):
+                raise DistilError(
+                    f"distiller state: {name} has shape {tuple(state[name].shape)} in the checkpoint, "
+                    f"{tuple(tensor.shape)} here; the checkpoint was written for other model widths"
+                )
+        with torch.no_grad():
+            for name, tensor in own.items():
+                tensor.copy_(state[name])  # state_dict tensors share storage with the parameters
+        self.state_loaded = True
+
+
+def make_distiller(loss_cfg: LossConfig, teacher: nn.Module, student: nn.Module, soft_labels=None) -> nn.Module:
+    """The distiller a run needs: logits only -> :class:`~distil.distill.Distiller`, else :class:`FeatureDistiller`.
+
+    With logits only and cached soft labels the teacher is not kept (it never runs, nor moves to the device).
+    """
+    if not loss_cfg.uses_features:
+        return Distiller(loss_cfg, soft_labels=soft_labels, teacher=teacher if soft_labels is None else None)
+    return FeatureDistiller(loss_cfg, teacher, student, soft_labels=soft_labels)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_distiller_state(distiller: nn.Module, checkpoint_dir: str | Path) -> Path | None:
+    """Write the distiller's projections to ``checkpoint_dir/distiller.safetensors`` (atomically); None if none."""
+    state = distiller.state_for_checkpoint() if hasattr(distiller, "state_for_checkpoint") else {}
+    if not state:
+        return None
+    target = Path(checkpoint_dir) / DISTILLER_STATE_FILE
+    with atomic_path(target) as tmp:
+        save_file(state, str(tmp))
+    return target
+
+
+def load_distiller_state(distiller: nn.Module, checkpoint_dir: str | Path) -> bool:
+    """Restore the projections saved in a Trainer checkpoint folder before resuming from it.
+
+    Returns:
+        True when state was loaded; False when the distiller has none to restore (logits only, equal widths).
+
+    Raises:
+        DistilError: the distiller has projections but the folder has no distiller.safetensors, or it does not fit.
+    """
+    if not (hasattr(distiller, "load_checkpoint_state") and distiller.state_for_checkpoint()):
+        return False
+    path = Path(checkpoint_dir) / DISTILLER_STATE_FILE
+    if not path.is_file():
+        raise DistilError(
+            f"resume: {path} is missing, so the learned projections cannot be restored; resume from a "
+            "checkpoint written with DistillerCheckpointCallback, or start the stage again"
+        )
+    distiller.load_checkpoint_state(load_file(str(path)))
+    return True
+
+
+class DistillerCheckpointCallback(TrainerCallback):
+    """Saves the distiller's projections into every Trainer checkpoint (``checkpoint-N/distiller.safetensors``).
+
+    On resume, call :func:`load_distiller_state` with the checkpoint folder before ``trainer.train``; this callback
+    refuses to start a resumed run (global_step > 0) whose distiller has projections that were not restored.
+
+    Args:
+        distiller: the FeatureDistiller given to the trainer.
+    """
+
+    def __init__(self, distiller: nn.Module):
+        self.distiller = distiller
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        has_state = hasattr(self.distiller, "state_for_checkpoint") and self.distiller.state_for_checkpoint()
+        if state.global_step > 0 and has_state and not getattr(self.distiller, "state_loaded", False):
+            raise DistilError(
+                f"resuming at step {state.global_step} without the distiller's learned projections; "
+                "call load_distiller_state(distiller, checkpoint_dir) before trainer.train"
+            )
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:  # the main process only
+            save_distiller_state(self.distiller, Path(args.output_dir) / f"checkpoint-{state.global_step}")
