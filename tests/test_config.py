@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from distil.cli import build_parser, _config_from_args
@@ -9,7 +11,9 @@ def test_embedded_default_is_valid():
     cfg = load_config()
     assert isinstance(cfg, RunConfig)
     assert cfg.data.source == "rotten-tomatoes"
-    assert cfg.teacher.train.epochs == 2.0 and cfg.distill.epochs == 3.0
+    assert cfg.teacher.train.epochs == 2.0 and cfg.distill.epochs == 2.0
+    assert cfg.data.resolved_extra_test_sets == ["vader-tweets", "vader-amazon", "vader-nyt"]
+    assert load_config(str(Path(__file__).parents[1] / "configs/default.yaml")) == cfg  # the shipped file spells out the embedded default
 
 
 def test_yaml_keys_map_onto_fields(tmp_path):
@@ -73,5 +77,5 @@ def test_unknown_recipe_or_file():
 def test_shipped_example_configs_load():
     from pathlib import Path
 
-    for path in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
+    for path in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):  # noqa: E501
         load_config(str(path))

@@ -28,8 +28,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default=None, help="YAML file or recipe name (default: embedded)")
     parser.add_argument("--resume", action="store_true", help="continue an unfinished run from its checkpoints")
     group = parser.add_argument_group("configuration (YAML keys; dotted paths)")
-    for key, _tp, help_text in flag_specs():
-        group.add_argument(f"--{key}", dest=f"cfg:{key}", default=None, metavar="V", help=help_text)
+    for key, tp, help_text in flag_specs():
+        if tp is bool:  # `--overwrite` alone means true; `--overwrite false` also works
+            group.add_argument(f"--{key}", dest=f"cfg:{key}", default=None, nargs="?", const="true",
+                               metavar="BOOL", help=help_text)
+        else:
+            group.add_argument(f"--{key}", dest=f"cfg:{key}", default=None, metavar="V", help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,8 +63,15 @@ class DataConfig:
     """Use only the first N training rows (after the split), for quick runs."""
     max_eval_samples: int | None = None
     """Use only the first N validation and test rows, for quick runs."""
-    extra_test_sets: list[str] = field(default_factory=list)
-    """More test sets shown beside the in-domain test split (built-in names or files with the same columns)."""
+    extra_test_sets: list[str] | None = None
+    """More test sets shown beside the in-domain test split (built-in names or files with the same columns);
+    null: the out-of-domain sentiment sets (vader-tweets, vader-amazon, vader-nyt) for rotten-tomatoes, else none."""
+
+    @property
+    def resolved_extra_test_sets(self) -> list[str]:
+        if self.extra_test_sets is not None:
+            return list(self.extra_test_sets)
+        return ["vader-tweets", "vader-amazon", "vader-nyt"] if self.source == "rotten-tomatoes" else []
 
     def __post_init__(self):
         _check(0.0 <= self.validation_fraction < 0.5, "validation_fraction", self.validation_fraction, "0 <= x < 0.5")
@@ -278,7 +285,7 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    distill: TrainConfig = field(default_factory=TrainConfig)
+    distill: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, learning_rate=1e-4))
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property

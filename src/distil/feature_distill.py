@@ -433,12 +433,12 @@ class FeatureDistiller(nn.Module):
                 )
             }
         heads = self.loss_cfg.minilm_relation_heads
+        sides = {"query": (s.queries, t.queries), "key": (s.keys, t.keys), "value": (s.values, t.values)}
+        # (B, L, D_s) and (B, L, D_t) projection outputs; the relations (B, R, L, L) are formed inside the loss
         return {
-            f"minilm_{kind}": qkv_relation_loss(
-                getattr(s, f"{kind}s")[s_layer], getattr(t, f"{kind}s")[t_layer], heads, mask
-            )
-            for kind in ("query", "key", "value")
-        }  # (B, L, D) projections -> (B, R, L, L) relations inside
+            f"minilm_{kind}": qkv_relation_loss(student[s_layer], teacher[t_layer], heads, mask)
+            for kind, (student, teacher) in sides.items()
+        }
 
     def _rkd_parts(self, student_cls: Tensor, teacher_cls: Tensor) -> dict[str, Tensor]:
         """RKD on (B, D) [CLS] vectors; a batch too small for the term (a last partial batch) contributes 0."""

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from distil.config import DataConfig
-from distil.data.sources import LABEL_SYNONYMS, SPLIT_NAMES, load_source
+from distil.data.sources import BUILTIN_SOURCES, LABEL_SYNONYMS, SPLIT_NAMES, load_source
 from distil.errors import DistilError
 
 
@@ -149,8 +149,9 @@ def prepare_data(cfg: DataConfig) -> TaskData:
     names = _label_names(splits["train"], cfg)
     splits = {name: _encode_labels(frame, names, f"{cfg.source}[{name}]") for name, frame in splits.items()}
     extra = {}
-    for source in cfg.extra_test_sets:
-        frame, skipped[source] = _drop_empty(_select_columns(load_source(source), cfg, source), cfg, source)
+    for source in cfg.resolved_extra_test_sets:
+        columns = DataConfig(text_column="text", label_column="label") if source in BUILTIN_SOURCES else cfg
+        frame, skipped[source] = _drop_empty(_select_columns(load_source(source), columns, source), cfg, source)
         extra[source] = _encode_labels(frame, names, source, synonyms=True)
     return TaskData(splits=splits, label_names=names, extra_tests=extra, skipped_empty=skipped)
 
