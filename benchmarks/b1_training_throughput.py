@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import harness  # noqa: I001  (sets OMP_WAIT_POLICY before torch loads)
+import harness  # first: sets OMP_WAIT_POLICY before torch loads
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -60,9 +60,11 @@ from distil.soft_labels import soft_labels_for
 
 ALPHA, KD_TEMPERATURE, HIDDEN_WEIGHT, LEARNING_RATE = 0.5, 2.0, 1.0, 1e-4
 DISTIL_KINDS = ("distil-cached", "distil-live", "distil-hidden", "student-alone")
-DEFAULT_SYSTEMS = ("distil-cached:bf16,distil-live:bf16,distil-hidden:bf16,student-alone:bf16,"
-                   "distil-cached:fp32,distil-hidden:fp32,student-alone:fp32,plain-logits:fp32,plain-hidden:fp32,"
-                   "tb-logits-fixed:fp32,tb-hidden-fixed:fp32,tb-logits-dynamic:fp32,tb-hidden-dynamic:fp32")
+DEFAULT_SYSTEMS = (
+    "distil-cached:bf16,distil-live:bf16,distil-hidden:bf16,student-alone:bf16,"
+    "distil-cached:fp32,distil-hidden:fp32,student-alone:fp32,plain-logits:fp32,plain-hidden:fp32,"
+    "tb-logits-fixed:fp32,tb-hidden-fixed:fp32,tb-logits-dynamic:fp32,tb-hidden-dynamic:fp32"
+)
 LABELS = {
     "distil-cached": "(a) distil, cached soft labels",
     "distil-live": "(b) distil, live teacher",
@@ -122,16 +124,24 @@ def build(args) -> Bench:
     data = prepare_data(DataConfig(max_train_samples=args.rows, max_length=args.max_length))
     train = to_dataset(data.splits["train"], tokenizer, args.max_length)
     frame = data.splits["train"]
-    enc = tokenizer(frame["text"].tolist(), padding="max_length", truncation=True, max_length=args.max_length,
-                    return_tensors="pt")
+    enc = tokenizer(
+        frame["text"].tolist(), padding="max_length", truncation=True, max_length=args.max_length, return_tensors="pt"
+    )
     fixed = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}  # (N, max_length) each
     fixed["labels"] = torch.tensor(frame["label"].to_numpy())  # (N,)
     teacher = load_classifier(teacher_path, num_labels=2, id2label=data.id2label, label2id=data.label2id)
     student = student_from_teacher(teacher, select_layers("every-other", teacher.config.num_hidden_layers)).train()
     work = Path(tempfile.mkdtemp(prefix="b1-", dir=args.out))
     start = time.perf_counter()
-    soft = soft_labels_for(teacher, tokenizer, train, PadCollator(tokenizer.pad_token_id), work / "cache",
-                           max_length=args.max_length, bf16=True)
+    soft = soft_labels_for(
+        teacher,
+        tokenizer,
+        train,
+        PadCollator(tokenizer.pad_token_id),
+        work / "cache",
+        max_length=args.max_length,
+        bf16=True,
+    )
     soft_seconds = time.perf_counter() - start
     pairs = map_layers("uniform", student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     return Bench(args, tokenizer, train, fixed, teacher.eval(), student, soft, pairs, work, soft_seconds)
@@ -159,10 +169,18 @@ class HiddenMSEDistiller(Distiller):
             teacher_logits = logits_of(self.teacher(**inputs)).float()  # (B, C)
         with self.tap_student.capture(mask) as student_feats:
             logits = logits_of(model(**inputs))  # (B, C)
-        loss, parts = kd_objective(logits.float(), teacher_logits, labels, alpha=self.loss_cfg.alpha,
-                                   kd_temperature=self.loss_cfg.kd_temperature, soft_loss=self.loss_cfg.soft_loss)
-        hidden = sum(hidden_mse_loss(student_feats.hidden[s].float(), teacher_feats.hidden[t].float(), mask)
-                     for s, t in self.pairs)
+        loss, parts = kd_objective(
+            logits.float(),
+            teacher_logits,
+            labels,
+            alpha=self.loss_cfg.alpha,
+            kd_temperature=self.loss_cfg.kd_temperature,
+            soft_loss=self.loss_cfg.soft_loss,
+        )
+        hidden = sum(
+            hidden_mse_loss(student_feats.hidden[s].float(), teacher_feats.hidden[t].float(), mask)
+            for s, t in self.pairs
+        )
         parts["hidden_mse"] = hidden
         return loss + self.loss_cfg.hidden_weight * hidden, parts, logits
 
@@ -172,11 +190,21 @@ def hidden_distiller(bench: Bench, student: nn.Module) -> tuple[Distiller, str]:
     try:
         from distil.feature_distill import make_distiller
     except ImportError:
-        return (HiddenMSEDistiller(loss, bench.teacher, student, bench.pairs),
-                "benchmark-local: Distiller.compute + FeatureTap + hidden_mse_loss (distil.feature_distill absent)")
+        return (
+            HiddenMSEDistiller(loss, bench.teacher, student, bench.pairs),
+            "benchmark-local: Distiller.compute + FeatureTap + hidden_mse_loss (distil.feature_distill absent)",
+        )
     accepted = inspect.signature(make_distiller).parameters
-    offered = {"loss": loss, "loss_cfg": loss, "loss_config": loss, "config": loss, "cfg": loss,
-               "teacher": bench.teacher, "student": student, "soft_labels": None}
+    offered = {
+        "loss": loss,
+        "loss_cfg": loss,
+        "loss_config": loss,
+        "config": loss,
+        "cfg": loss,
+        "teacher": bench.teacher,
+        "student": student,
+        "soft_labels": None,
+    }
     return make_distiller(**{k: v for k, v in offered.items() if k in accepted}), "distil.feature_distill"
 
 
@@ -208,11 +236,22 @@ def distil_trainer(bench: Bench, kind: str, bf16: bool, max_steps: int, callback
         distiller = None
     cfg = TrainConfig(epochs=1, learning_rate=LEARNING_RATE, batch_size=a.batch_size, bf16=bf16)
     targs = training_arguments(cfg, bench.work / "trainer", seed=0, num_train_rows=len(bench.train))
-    targs = dataclasses.replace(targs, max_steps=max_steps, eval_strategy="no", save_strategy="no",
-                                load_best_model_at_end=False, disable_tqdm=True)
-    trainer = DistillationTrainer(model=student, args=targs, train_dataset=bench.train,
-                                  data_collator=PadCollator(bench.tokenizer.pad_token_id), distiller=distiller,
-                                  callbacks=list(callbacks))
+    targs = dataclasses.replace(
+        targs,
+        max_steps=max_steps,
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        disable_tqdm=True,
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        args=targs,
+        train_dataset=bench.train,
+        data_collator=PadCollator(bench.tokenizer.pad_token_id),
+        distiller=distiller,
+        callbacks=list(callbacks),
+    )
     return trainer, note
 
 
@@ -224,7 +263,7 @@ def run_distil(bench: Bench, kind: str, precision: str, steps: int) -> tuple[lis
     if tap is not None:
         tap.detach()
         trainer.distiller.tap_teacher.detach()
-    return list(np.diff(clock.marks)[bench.args.warmup:]), note
+    return list(np.diff(clock.marks)[bench.args.warmup :]), note
 
 
 def distil_batch_plan(bench: Bench, num_batches: int) -> list[list[int]]:
@@ -237,14 +276,14 @@ def distil_batch_plan(bench: Bench, num_batches: int) -> list[list[int]]:
         sampler.set_epoch(epoch)
         rows += list(sampler)
     b = bench.args.batch_size
-    return [rows[i * b:(i + 1) * b] for i in range(num_batches)]
+    return [rows[i * b : (i + 1) * b] for i in range(num_batches)]
 
 
 def random_batch_plan(bench: Bench, num_batches: int, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     n, b = len(bench.train), bench.args.batch_size
     rows = torch.cat([torch.randperm(n, generator=g) for _ in range(-(-num_batches * b // n))]).tolist()
-    return [rows[i * b:(i + 1) * b] for i in range(num_batches)]
+    return [rows[i * b : (i + 1) * b] for i in range(num_batches)]
 
 
 # ---------------------------------------------------------------------------------------------------- plain loop
@@ -265,19 +304,26 @@ def run_plain(bench: Bench, hidden: bool, steps: int, seed: int) -> list[float]:
         with torch.no_grad():
             t_out = teacher(**batch, output_hidden_states=hidden)
         s_out = student(**batch, output_hidden_states=hidden)
-        soft = F.kl_div(F.log_softmax(s_out.logits / KD_TEMPERATURE, -1), F.softmax(t_out.logits / KD_TEMPERATURE, -1),
-                        reduction="batchmean") * KD_TEMPERATURE**2
+        soft = (
+            F.kl_div(
+                F.log_softmax(s_out.logits / KD_TEMPERATURE, -1),
+                F.softmax(t_out.logits / KD_TEMPERATURE, -1),
+                reduction="batchmean",
+            )
+            * KD_TEMPERATURE**2
+        )
         loss = ALPHA * F.cross_entropy(s_out.logits, labels) + (1 - ALPHA) * soft
         if hidden:  # hidden_states[0] is the embedding output, so encoder layer i is index i + 1
-            loss = loss + HIDDEN_WEIGHT * sum(F.mse_loss(s_out.hidden_states[s + 1], t_out.hidden_states[t + 1])
-                                              for s, t in bench.pairs)
+            loss = loss + HIDDEN_WEIGHT * sum(
+                F.mse_loss(s_out.hidden_states[s + 1], t_out.hidden_states[t + 1]) for s, t in bench.pairs
+            )
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         marks.append(time.perf_counter())
-    return list(np.diff(marks)[a.warmup:])
+    return list(np.diff(marks)[a.warmup :])
 
 
 # ---------------------------------------------------------------------------------------------------- TextBrewer
@@ -293,12 +339,25 @@ class TextBrewerWorker:
         bench.student.save_pretrained(bench.work / "student")
         lengths = np.asarray(bench.train["length"])
         np.savez(bench.work / "data.npz", lengths=lengths, **{k: v.numpy() for k, v in bench.fixed.items()})
-        setup = {"threads": a.threads, "data": str(bench.work / "data.npz"), "teacher_dir": str(bench.work / "teacher"),
-                 "student_dir": str(bench.work / "student"), "hidden_pairs": bench.pairs, "alpha": ALPHA,
-                 "kd_temperature": KD_TEMPERATURE, "hidden_weight": HIDDEN_WEIGHT, "learning_rate": LEARNING_RATE}
-        self.proc = subprocess.Popen([python, str(harness.BENCH_DIR / "textbrewer_worker.py"), json.dumps(setup)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, bufsize=1)
+        setup = {
+            "threads": a.threads,
+            "data": str(bench.work / "data.npz"),
+            "teacher_dir": str(bench.work / "teacher"),
+            "student_dir": str(bench.work / "student"),
+            "hidden_pairs": bench.pairs,
+            "alpha": ALPHA,
+            "kd_temperature": KD_TEMPERATURE,
+            "hidden_weight": HIDDEN_WEIGHT,
+            "learning_rate": LEARNING_RATE,
+        }
+        self.proc = subprocess.Popen(
+            [python, str(harness.BENCH_DIR / "textbrewer_worker.py"), json.dumps(setup)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
         hello = self.proc.stdout.readline()
         if not hello:
             raise RuntimeError(f"TextBrewer worker ({python}) exited with {self.proc.wait()}; run it by hand to see")
@@ -356,9 +415,13 @@ def profile_cached(bench: Bench, steps: int) -> dict:
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
     text = out.getvalue()
-    return {"steps": bench.args.warmup + steps, "total_seconds": total,
-            "share_of_total": {k: round(v / total, 4) for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])},
-            "torch_profiler_top_ops": ops, "cprofile_top_tottime": text[text.find("ncalls") - 200:]}
+    return {
+        "steps": bench.args.warmup + steps,
+        "total_seconds": total,
+        "share_of_total": {k: round(v / total, 4) for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])},
+        "torch_profiler_top_ops": ops,
+        "cprofile_top_tottime": text[text.find("ncalls") - 200 :],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -373,8 +436,11 @@ def main(argv=None) -> int:
     calibration.log("start")
     systems = [tuple(s.split(":")) for s in args.systems.split(",") if s]
     bench = build(args)
-    print(f"data: {len(bench.train)} rows, mean length {np.mean(bench.train['length']):.1f} tokens; soft labels "
-          f"{bench.soft_labels.status} in {bench.soft_label_seconds:.1f}s; hidden pairs {bench.pairs}", flush=True)
+    print(
+        f"data: {len(bench.train)} rows, mean length {np.mean(bench.train['length']):.1f} tokens; soft labels "
+        f"{bench.soft_labels.status} in {bench.soft_label_seconds:.1f}s; hidden pairs {bench.pairs}",
+        flush=True,
+    )
     worker = None
     if any(k.startswith("tb-") for k, _ in systems):
         worker = TextBrewerWorker(bench, args.textbrewer_python)
@@ -385,7 +451,7 @@ def main(argv=None) -> int:
     try:
         for r in range(args.rounds):
             calibration.log(f"round {r + 1}")
-            order = systems[r % len(systems):] + systems[:r % len(systems)]  # rotate who goes first
+            order = systems[r % len(systems) :] + systems[: r % len(systems)]  # rotate who goes first
             for kind, precision in order:
                 key = f"{kind}:{precision}"
                 if kind in DISTIL_KINDS:
@@ -401,8 +467,10 @@ def main(argv=None) -> int:
                 sps = per_batch * len(intervals) / sum(intervals)
                 samples[key].append(sps)
                 step_ms[key].append(1000 * harness.median(intervals))
-                print(f"round {r + 1} {key:26s} {sps:7.1f} samples/s  (median step {step_ms[key][-1]:.0f} ms)",
-                      flush=True)
+                print(
+                    f"round {r + 1} {key:26s} {sps:7.1f} samples/s  (median step {step_ms[key][-1]:.0f} ms)",
+                    flush=True,
+                )
     finally:
         if worker is not None:
             worker.close()
@@ -430,9 +498,14 @@ def summarise(args, info, calibration, bench, systems, samples, step_ms, notes, 
         tb_fixed = "tb-hidden-fixed:fp32" if hidden else "tb-logits-fixed:fp32"
         tb_dyn = "tb-hidden-dynamic:fp32" if hidden else "tb-logits-dynamic:fp32"
         rows[key] = {
-            "system": LABELS[kind], "precision": precision, "loss": "logits + hidden MSE" if hidden else "logits",
-            "padding": "max_length" if kind.startswith("plain") or kind.endswith("fixed") else "dynamic, length-grouped",
-            "samples_per_s": harness.median(samples[key]), "samples_per_s_rounds": samples[key],
+            "system": LABELS[kind],
+            "precision": precision,
+            "loss": "logits + hidden MSE" if hidden else "logits",
+            "padding": "max_length"
+            if kind.startswith("plain") or kind.endswith("fixed")
+            else "dynamic, length-grouped",
+            "samples_per_s": harness.median(samples[key]),
+            "samples_per_s_rounds": samples[key],
             "step_ms": harness.median(step_ms[key]),
             "vs_plain_loop": ratio(samples, key, plain) if kind != "student-alone" else None,
             "vs_textbrewer_fixed": ratio(samples, key, tb_fixed) if kind != "student-alone" else None,
@@ -445,62 +518,115 @@ def summarise(args, info, calibration, bench, systems, samples, step_ms, notes, 
         if r is not None:
             checks[f"cached KD step / student-alone step ({p}), target <= 1.10"] = r
     for p in ("bf16", "fp32"):
-        for other, target in (("tb-hidden-fixed:fp32", 1.5), ("tb-hidden-dynamic:fp32", 1.5),
-                              ("plain-hidden:fp32", 2.0)):
+        for other, target in (
+            ("tb-hidden-fixed:fp32", 1.5),
+            ("tb-hidden-dynamic:fp32", 1.5),
+            ("plain-hidden:fp32", 2.0),
+        ):
             r = ratio(samples, f"distil-hidden:{p}", other)
             if r is not None:
                 checks[f"distil-hidden:{p} / {other}, target >= {target}"] = r
     return {
-        "benchmark": "B1 training throughput", "machine": info, "calibration": calibration,
-        "setup": {"rows": len(bench.train), "mean_tokens": float(np.mean(bench.train["length"])),
-                  "batch_size": args.batch_size, "max_length": args.max_length, "steps_per_round": args.steps,
-                  "warmup_steps": args.warmup, "rounds": args.rounds, "teacher": DEFAULT_TEACHER,
-                  "student": "teacher layers [0, 2, 4]", "hidden_pairs": bench.pairs, "alpha": ALPHA,
-                  "kd_temperature": KD_TEMPERATURE, "textbrewer": worker.version if worker else None,
-                  "soft_label_build_seconds": bench.soft_label_seconds},
-        "systems": rows, "checks": checks, "profile": profile,
+        "benchmark": "B1 training throughput",
+        "machine": info,
+        "calibration": calibration,
+        "setup": {
+            "rows": len(bench.train),
+            "mean_tokens": float(np.mean(bench.train["length"])),
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "steps_per_round": args.steps,
+            "warmup_steps": args.warmup,
+            "rounds": args.rounds,
+            "teacher": DEFAULT_TEACHER,
+            "student": "teacher layers [0, 2, 4]",
+            "hidden_pairs": bench.pairs,
+            "alpha": ALPHA,
+            "kd_temperature": KD_TEMPERATURE,
+            "textbrewer": worker.version if worker else None,
+            "soft_label_build_seconds": bench.soft_label_seconds,
+        },
+        "systems": rows,
+        "checks": checks,
+        "profile": profile,
     }
 
 
 def write_outputs(result: dict) -> None:
     f = harness.fmt
-    header = ["system", "precision", "padding", "samples/s", "step ms", "vs plain loop", "vs TextBrewer (fixed)",
-              "vs TextBrewer (distil's batches)"]
+    header = [
+        "system",
+        "precision",
+        "padding",
+        "samples/s",
+        "step ms",
+        "vs plain loop",
+        "vs TextBrewer (fixed)",
+        "vs TextBrewer (distil's batches)",
+    ]
     table = []
     for row in result["systems"].values():
         rng = row["samples_per_s_rounds"]
-        table.append([row["system"], row["precision"], row["padding"],
-                      f"{f(row['samples_per_s'])} ({f(min(rng))}-{f(max(rng))})", f(row["step_ms"], 0),
-                      f(row["vs_plain_loop"], 2), f(row["vs_textbrewer_fixed"], 2), f(row["vs_textbrewer_dynamic"], 2)])
+        table.append(
+            [
+                row["system"],
+                row["precision"],
+                row["padding"],
+                f"{f(row['samples_per_s'])} ({f(min(rng))}-{f(max(rng))})",
+                f(row["step_ms"], 0),
+                f(row["vs_plain_loop"], 2),
+                f(row["vs_textbrewer_fixed"], 2),
+                f(row["vs_textbrewer_dynamic"], 2),
+            ]
+        )
     checks = [[k, f"{v:.2f}x"] for k, v in result["checks"].items()]
     s = result["setup"]
-    md = [f"## B1 training throughput\n",
-          f"{s['rows']} Rotten Tomatoes rows (mean {s['mean_tokens']:.1f} tokens), batch {s['batch_size']}, max length "
-          f"{s['max_length']}; teacher all-MiniLM-L6-v2 (6 x 384), student = its layers [0, 2, 4]; "
-          f"{s['rounds']} interleaved rounds x {s['steps_per_round']} measured steps (after {s['warmup_steps']} "
-          f"warm-up); samples/s = median over rounds (min-max); ratios = median of per-round ratios. "
-          f"TextBrewer {s['textbrewer']} runs in its own venv, fp32. Soft labels for the cached rows took "
-          f"{s['soft_label_build_seconds']:.1f} s once (not in the step time).\n",
-          harness.md_table(header, table), "\n", harness.md_table(["check", "measured"], checks)]
+    intro = (
+        f"{s['rows']} Rotten Tomatoes rows (mean {s['mean_tokens']:.1f} tokens), batch {s['batch_size']}, max length "
+        f"{s['max_length']}; teacher all-MiniLM-L6-v2 (6 x 384), student = its layers [0, 2, 4]; "
+        f"{s['rounds']} interleaved rounds x {s['steps_per_round']} measured steps (after {s['warmup_steps']} "
+        f"warm-up); samples/s = median over rounds (min-max); ratios = median of per-round ratios. "
+        f"TextBrewer {s['textbrewer']} runs in its own venv, fp32. Soft labels for the cached rows took "
+        f"{s['soft_label_build_seconds']:.1f} s once (not in the step time).\n"
+    )
+    md = [
+        "## B1 training throughput\n\n",
+        intro,
+        "\n",
+        harness.md_table(header, table),
+        "\n",
+        harness.md_table(["check", "measured"], checks),
+    ]
     notes = {r["note"] for r in result["systems"].values() if r["note"]}
     md += [f"\nHidden-MSE distiller used: {n}.\n" for n in notes]
     prof = result.get("profile")
     if prof:
-        md += ["\nProfile of (a), bf16, cProfile share of wall time:\n\n",
-               harness.md_table(["part", "share"], [[k, f"{100 * v:.1f}%"] for k, v in prof["share_of_total"].items()])]
+        md += [
+            "\nProfile of (a), bf16, cProfile share of wall time:\n\n",
+            harness.md_table(["part", "share"], [[k, f"{100 * v:.1f}%"] for k, v in prof["share_of_total"].items()]),
+        ]
     md.append("\n" + harness.environment_note(result["machine"], result["calibration"]))
     markdown = "".join(md)
     harness.write_results("b1_training_throughput", result, markdown)
     if prof:
-        (harness.RESULTS_DIR / "b1_profile.txt").write_text(prof["torch_profiler_top_ops"] + "\n\n"
-                                                             + prof["cprofile_top_tottime"])
+        (harness.RESULTS_DIR / "b1_profile.txt").write_text(
+            prof["torch_profiler_top_ops"] + "\n\n" + prof["cprofile_top_tottime"]
+        )
     fig, ax = harness.new_figure(10, 6)
     names = [f"{r['system']} [{r['precision']}]" for r in result["systems"].values()]
     values = [r["samples_per_s"] for r in result["systems"].values()]
     lo = [v - min(r["samples_per_s_rounds"]) for v, r in zip(values, result["systems"].values())]
     hi = [max(r["samples_per_s_rounds"]) - v for v, r in zip(values, result["systems"].values())]
-    colors = ["tab:blue" if n.startswith(("(a)", "(b)", "(c)")) else "tab:green" if n.startswith("(f)")
-              else "tab:gray" if n.startswith("(d)") else "tab:orange" for n in names]
+    colors = [
+        "tab:blue"
+        if n.startswith(("(a)", "(b)", "(c)"))
+        else "tab:green"
+        if n.startswith("(f)")
+        else "tab:gray"
+        if n.startswith("(d)")
+        else "tab:orange"
+        for n in names
+    ]
     ax.barh(names[::-1], values[::-1], xerr=[lo[::-1], hi[::-1]], color=colors[::-1])
     ax.set_xlabel("training samples/s (median over rounds; bars: min-max)")
     ax.set_title(f"B1: distillation throughput, batch {s['batch_size']}, 2 CPU threads")
@@ -509,5 +635,4 @@ def write_outputs(result: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

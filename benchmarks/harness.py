@@ -8,6 +8,7 @@ which otherwise steals the 2 cores from the next system timed), offline Hugging 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -61,8 +62,12 @@ class Calibration:
 
     def summary(self) -> dict:
         g = [e["matmul_gflops"] for e in self.entries]
-        return {"entries": self.entries, "min_gflops": min(g), "max_gflops": max(g),
-                "drift": round(max(g) / min(g), 2) if min(g) > 0 else None}
+        return {
+            "entries": self.entries,
+            "min_gflops": min(g),
+            "max_gflops": max(g),
+            "drift": round(max(g) / min(g), 2) if min(g) > 0 else None,
+        }
 
 
 def machine_info(threads: int) -> dict:
@@ -78,10 +83,17 @@ def machine_info(threads: int) -> dict:
                 break
     except OSError:
         pass
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
-            "logical_cpus": os.cpu_count(), "threads": threads, "loadavg_start": list(os.getloadavg()),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "threads": threads,
+        "loadavg_start": list(os.getloadavg()),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def median(values) -> float:
@@ -102,7 +114,7 @@ def md_table(header: list[str], rows: list[list]) -> str:
 
 
 def fmt(value, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:,.{digits}f}"
 
@@ -142,9 +154,11 @@ def environment_note(info: dict, calibration: dict) -> str:
     """One markdown paragraph: machine, threads, load, and how much the machine's speed drifted meanwhile."""
     load = ", ".join(f"{x:.2f}" for x in info["loadavg_start"])
     loads = [e["loadavg_1m"] for e in calibration["entries"]]
-    return (f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['threads']} torch threads, "
-            f"OMP_WAIT_POLICY={info['omp_wait_policy']}; torch {info['torch']}, transformers {info['transformers']}; "
-            f"{info['date']}. Load average at start (1/5/15 min): {load}; during the run (1 min): "
-            f"{min(loads):.2f}-{max(loads):.2f} (the machine was shared with other jobs). Matmul calibration "
-            f"(1024^2 fp32): {calibration['min_gflops']:.1f}-{calibration['max_gflops']:.1f} GFLOP/s "
-            f"(max/min {calibration['drift']}).\n")
+    return (
+        f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['threads']} torch threads, "
+        f"OMP_WAIT_POLICY={info['omp_wait_policy']}; torch {info['torch']}, transformers {info['transformers']}; "
+        f"{info['date']}. Load average at start (1/5/15 min): {load}; during the run (1 min): "
+        f"{min(loads):.2f}-{max(loads):.2f} (the machine was shared with other jobs). Matmul calibration "
+        f"(1024^2 fp32): {calibration['min_gflops']:.1f}-{calibration['max_gflops']:.1f} GFLOP/s "
+        f"(max/min {calibration['drift']}).\n"
+    )

@@ -80,27 +80,55 @@ def run(setup: dict, arrays, lengths, teacher, student0, cmd: dict) -> dict:
     def adaptor_student(batch, out):
         return {**adaptor_teacher(batch, out), "losses": out.loss}  # out.loss: CE on the hard labels
 
-    matches = [{"layer_T": t + 1, "layer_S": s + 1, "feature": "hidden", "loss": "hidden_mse",
-                "weight": setup["hidden_weight"]} for s, t in pairs] if hidden else []
+    matches = (
+        [
+            {
+                "layer_T": t + 1,
+                "layer_S": s + 1,
+                "feature": "hidden",
+                "loss": "hidden_mse",
+                "weight": setup["hidden_weight"],
+            }
+            for s, t in pairs
+        ]
+        if hidden
+        else []
+    )
     # kd_loss_type 'ce' is TextBrewer's KL term without the T^2 factor; the cost is the same as distil's.
-    distill_config = DistillationConfig(temperature=setup["kd_temperature"], hard_label_weight=setup["alpha"],
-                                        kd_loss_type="ce", kd_loss_weight=1 - setup["alpha"],
-                                        intermediate_matches=matches)
+    distill_config = DistillationConfig(
+        temperature=setup["kd_temperature"],
+        hard_label_weight=setup["alpha"],
+        kd_loss_type="ce",
+        kd_loss_weight=1 - setup["alpha"],
+        intermediate_matches=matches,
+    )
     steps = len(cmd["batches"])
     with tempfile.TemporaryDirectory() as tmp:
-        train_config = TrainingConfig(device="cpu", log_dir=os.path.join(tmp, "log"),
-                                      output_dir=os.path.join(tmp, "out"), ckpt_steps=steps)
+        train_config = TrainingConfig(
+            device="cpu", log_dir=os.path.join(tmp, "log"), output_dir=os.path.join(tmp, "out"), ckpt_steps=steps
+        )
         student = copy.deepcopy(student0).train()
-        distiller = GeneralDistiller(train_config=train_config, distill_config=distill_config, model_T=teacher,
-                                     model_S=student, adaptor_T=adaptor_teacher, adaptor_S=adaptor_student)
+        distiller = GeneralDistiller(
+            train_config=train_config,
+            distill_config=distill_config,
+            model_T=teacher,
+            model_S=student,
+            adaptor_T=adaptor_teacher,
+            adaptor_S=adaptor_student,
+        )
         optimizer = torch.optim.AdamW(student.parameters(), lr=setup["learning_rate"], weight_decay=0.01)
         batches = TimedBatches(arrays, lengths, cmd["batches"], dynamic=bool(cmd["dynamic"]))
         extra = {"output_hidden_states": True} if hidden else {}
         with distiller:
-            distiller.train(optimizer, batches, num_steps=steps, max_grad_norm=1.0,
-                            scheduler_class=get_linear_schedule_with_warmup,
-                            scheduler_args={"num_warmup_steps": max(1, steps // 10), "num_training_steps": steps},
-                            **extra)
+            distiller.train(
+                optimizer,
+                batches,
+                num_steps=steps,
+                max_grad_norm=1.0,
+                scheduler_class=get_linear_schedule_with_warmup,
+                scheduler_args={"num_warmup_steps": max(1, steps // 10), "num_training_steps": steps},
+                **extra,
+            )
     t = batches.fetched
     warmup = int(cmd["warmup"])
     return {"intervals": [t[k + 1] - t[k] for k in range(warmup, len(t) - 1)]}

@@ -80,7 +80,7 @@ def _direct_logits(teacher, dataset, collator):
 def test_two_teachers_have_separate_cache_entries(tokenizer, data, make_tiny_bert, tmp_path):
     dataset, collator = data
     teachers = [make_tiny_bert(), make_tiny_bert(num_hidden_layers=2)]
-    kwargs = dict(max_length=16, batch_size=4, bf16=False, how="mean_probs", kd_temperature=2.0)
+    kwargs = {"max_length": 16, "batch_size": 4, "bf16": False, "how": "mean_probs", "kd_temperature": 2.0}
     soft = multi_teacher_soft_labels(teachers, [1, 3], tokenizer, dataset, collator, tmp_path, **kwargs)
     assert isinstance(soft, MultiTeacherSoftLabels)
     entries = sorted(p.name for p in (tmp_path / "soft_labels").iterdir())

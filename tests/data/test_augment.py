@@ -7,8 +7,14 @@ import torch
 
 from distil.config import ConfigError
 from distil.data import augment as augment_module
-from distil.data.augment import (AugmentConfig, augment_frame, augment_texts, cached_augment, candidate_vocab,
-                                 mlm_candidates)
+from distil.data.augment import (
+    AugmentConfig,
+    augment_frame,
+    augment_texts,
+    cached_augment,
+    candidate_vocab,
+    mlm_candidates,
+)
 from distil.errors import DistilError
 
 TEXTS = ["A wonderful film with a moving story.", "The plot is thin but the actors shine.",

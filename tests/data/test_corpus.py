@@ -1,10 +1,15 @@
 import pandas as pd
 import pytest
 
-from distil.data import PadCollator
-from distil.data import sources
-from distil.data.corpus import (BUILTIN_CHUNK_WORDS, BUILTIN_UNLABELLED, clean_texts, load_unlabelled,
-                                split_into_chunks, tokenize_unlabelled)
+from distil.data import PadCollator, sources
+from distil.data.corpus import (
+    BUILTIN_CHUNK_WORDS,
+    BUILTIN_UNLABELLED,
+    clean_texts,
+    load_unlabelled,
+    split_into_chunks,
+    tokenize_unlabelled,
+)
 from distil.errors import DistilError
 
 
