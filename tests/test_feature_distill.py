@@ -72,7 +72,7 @@ def test_exact_copy_gives_zero_for_every_feature_term(tiny_bert, batch):
 def test_minilm_v2_relations_of_an_exact_copy_are_zero(tiny_bert, batch):
     student = student_from_teacher(tiny_bert, [0, 1, 2, 3]).eval()
     cfg = LossConfig(logits_weight=0.0, minilm_value_weight=1.0, minilm_relation_heads=8, layer_map=[0, 1, 2, 3])
-    total, parts, _ = _compute(FeatureDistiller(cfg, tiny_bert, student), student, batch, labels=None)
+    _, parts, _ = _compute(FeatureDistiller(cfg, tiny_bert, student), student, batch, labels=None)
     assert set(parts) == {"minilm_query", "minilm_key", "minilm_value"}
     assert all(abs(float(v)) < 1e-5 for v in parts.values())
 
@@ -94,8 +94,10 @@ def test_total_is_the_weighted_sum_of_the_parts(tiny_bert, batch):
         ({"hidden_weight": 1.0}, {"ce", "kd", "hidden"}),
         ({"logits_weight": 0.0, "alpha": 0.0, "attention_kl_weight": 1.0}, {"attention_kl"}),
         ({"embedding_weight": 1.0, "minilm_attention_weight": 1.0}, {"ce", "kd", "embedding", "minilm_attention"}),
-        ({"alpha": 0.0, "hidden_cosine_weight": 1.0, "rkd_distance_weight": 1.0},
-         {"ce", "kd", "hidden_cosine", "rkd_distance"}),
+        (
+            {"alpha": 0.0, "hidden_cosine_weight": 1.0, "rkd_distance_weight": 1.0},
+            {"ce", "kd", "hidden_cosine", "rkd_distance"},
+        ),
     ],
 )
 def test_parts_are_present_for_the_configured_weights_only(tiny_bert, batch, weights, expected):
@@ -189,8 +191,9 @@ def test_projections_when_widths_differ_and_not_the_student(tiny_bert, batch, wi
 # refusals
 
 
-@pytest.mark.parametrize("weight", ["attention_weight", "attention_kl_weight", "minilm_attention_weight",
-                                    "minilm_value_weight"])
+@pytest.mark.parametrize(
+    "weight", ["attention_weight", "attention_kl_weight", "minilm_attention_weight", "minilm_value_weight"]
+)
 def test_head_paired_terms_refuse_different_head_counts(tiny_bert, make_tiny_bert, weight):
     student = make_tiny_bert(num_hidden_layers=2, num_attention_heads=2)
     with pytest.raises(DistilError, match=f"loss.{weight}=1.0: .*2 heads and the teacher 4.*minilm_relation_heads"):
@@ -243,8 +246,14 @@ def _tiny_mlm(num_layers: int):
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     return BertForMaskedLM(cfg).eval()
 
 
@@ -257,7 +266,7 @@ def test_mlm_term_with_masked_lm_teacher_and_student():
     mlm_labels = torch.full((3, 6), -100)
     mlm_labels[:, 2] = input_ids[:, 2]
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones(3, 6, dtype=torch.long), "mlm_labels": mlm_labels}
-    total, parts, logits = distiller.compute(student, inputs, None, None)
+    _, parts, logits = distiller.compute(student, inputs, None, None)
     assert set(parts) == {"kd", "mlm", "hidden_cosine"} and logits.shape == (3, 6, 100)
     assert float(parts["mlm"]) == pytest.approx(float(F.cross_entropy(logits[:, 2], input_ids[:, 2])), rel=1e-5)
     with torch.no_grad():
@@ -284,8 +293,15 @@ def _dataset(rows: int = 8):
     generator = torch.Generator().manual_seed(0)
     lengths = [5 + i % 3 for i in range(rows)]
     ids = [torch.randint(1000, 2000, (n,), generator=generator).tolist() for n in lengths]
-    return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * n for n in lengths],
-                              "labels": [i % 2 for i in range(rows)], "idx": list(range(rows)), "length": lengths})
+    return Dataset.from_dict(
+        {
+            "input_ids": ids,
+            "attention_mask": [[1] * n for n in lengths],
+            "labels": [i % 2 for i in range(rows)],
+            "idx": list(range(rows)),
+            "length": lengths,
+        }
+    )
 
 
 def _trainer(tmp_path, student, distiller, max_steps: int):
@@ -295,18 +311,42 @@ def _trainer(tmp_path, student, distiller, max_steps: int):
     from distil.distill import DistillationTrainer
 
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=4, learning_rate=1e-2,
-        save_strategy="steps", save_steps=1, eval_strategy="no", logging_steps=1, report_to=[], use_cpu=True,
-        bf16=False, remove_unused_columns=False, label_names=["labels"], disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        save_strategy="steps",
+        save_steps=1,
+        eval_strategy="no",
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        disable_tqdm=True,
+        seed=0,
     )
-    return DistillationTrainer(model=student, args=args, train_dataset=_dataset(), data_collator=PadCollator(0),
-                               distiller=distiller, callbacks=[DistillerCheckpointCallback(distiller)])
+    return DistillationTrainer(
+        model=student,
+        args=args,
+        train_dataset=_dataset(),
+        data_collator=PadCollator(0),
+        distiller=distiller,
+        callbacks=[DistillerCheckpointCallback(distiller)],
+    )
 
 
-def test_trainer_trains_projections_and_resume_restores_them(tiny_bert, tmp_path, wide_student):
+def test_trainer_trains_projections_and_resume_restores_them(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, TrainerControl, TrainerState
+
+    torch.manual_seed(0)
+    # a small vocabulary keeps the optimizer steps fast
+    shape = {"vocab_size": 2048, "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64}
+    teacher = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=4, **shape)).eval()
+    student = BertForSequenceClassification(BertConfig(hidden_size=48, num_hidden_layers=2, **shape))
     cfg = LossConfig(embedding_weight=1.0, hidden_weight=1.0)
-    student = wide_student
-    distiller = FeatureDistiller(cfg, tiny_bert, student)
+    distiller = FeatureDistiller(cfg, teacher, student)
     before = {k: v.clone() for k, v in distiller.state_for_checkpoint().items()}
     trainer = _trainer(tmp_path, student, distiller, max_steps=2)
     trainer.train()
@@ -323,16 +363,20 @@ def test_trainer_trains_projections_and_resume_restores_them(tiny_bert, tmp_path
     saved = load_file(str(tmp_path / "checkpoint-2" / DISTILLER_STATE_FILE))
     assert saved.keys() == after.keys() and all(torch.equal(saved[k], after[k]) for k in saved)
 
-    # resume from checkpoint-1 with a fresh distiller: the guard refuses until the projections are loaded
-    fresh = FeatureDistiller(cfg, tiny_bert, student)
-    resumed = _trainer(tmp_path, student, fresh, max_steps=2)
-    with pytest.raises(DistilError, match="without the distiller's learned projections"):
-        resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
-    fresh = FeatureDistiller(cfg, tiny_bert, student)
+    # resume from checkpoint-1 with a fresh distiller: the callback refuses to start until the projections are loaded
+    fresh = FeatureDistiller(cfg, teacher, student)
+    callback, resumed_state = DistillerCheckpointCallback(fresh), TrainerState(global_step=1)
+    with pytest.raises(DistilError, match="resuming at step 1 without the distiller's learned projections"):
+        callback.on_train_begin(trainer.args, resumed_state, TrainerControl())
     assert load_distiller_state(fresh, tmp_path / "checkpoint-1")
+    callback.on_train_begin(trainer.args, resumed_state, TrainerControl())
     at_step_1 = load_file(str(tmp_path / "checkpoint-1" / DISTILLER_STATE_FILE))
     assert all(torch.equal(fresh.state_for_checkpoint()[k], at_step_1[k]) for k in at_step_1)
-    _trainer(tmp_path, student, fresh, max_steps=2).train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    resumed = _trainer(tmp_path, student, fresh, max_steps=2)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    assert resumed.state.global_step == 2 and not torch.equal(
+        fresh.state_for_checkpoint()["terms.hidden.projection.weight"], at_step_1["terms.hidden.projection.weight"]
+    )
 
 
 def test_checkpoint_state_refuses_a_mismatch(tiny_bert, tmp_path, wide_student):

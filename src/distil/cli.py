@@ -45,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "student":
             p.add_argument("--live-teacher", action="store_true",
                            help="run the teacher every step instead of using cached soft labels")
+    p = sub.add_parser("inspect", help="pre-flight: teacher and student side by side, layer map, which losses can run")
+    p.add_argument("teacher", help="teacher model directory or hub name")
+    p.add_argument("student", help="student model directory or hub name")
+    p.add_argument("--config", default=None, help="YAML file or recipe whose `loss` section is checked")
+    from distil.config import LossConfig, flag_specs
+
+    for key, _tp, help_text in flag_specs(LossConfig, "loss"):
+        p.add_argument(f"--{key}", dest=f"cfg:{key}", default=None, metavar="V", help=help_text)
+    from distil.export_cli import add_export_parser
+
+    add_export_parser(sub)
     p = sub.add_parser("predict", help="classify texts with a saved model (arguments, a file, or stdin)")
     p.add_argument("model", help="a saved model directory (student/, teacher/, an export)")
     p.add_argument("texts", nargs="*", help="texts to classify")
@@ -117,6 +128,21 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from distil.config import LossConfig, flag_specs, load_config, parse_flag_value, set_dotted
+    from distil.inspect_models import inspect_main
+    from distil.models.packaged import resolve_model
+
+    overrides: dict = {}
+    for key, tp, _ in flag_specs(LossConfig, "loss"):
+        raw = getattr(args, f"cfg:{key}")
+        if raw is not None:
+            set_dotted(overrides, key, parse_flag_value(key, raw, tp))
+    cfg = load_config(args.config, overrides)
+    loss = cfg.stages[0].loss if cfg.stages and not overrides else cfg.loss
+    return inspect_main(resolve_model(args.teacher), resolve_model(args.student), loss)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
@@ -131,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return _predict(args)
+        if args.command == "inspect":
+            return _inspect(args)
+        if args.command == "export":
+            from distil.export_cli import run_export_args
+
+            return run_export_args(args)
         return _run_config_command(args)
     except DistilError as e:
         print(f"distil: error: {e}", file=sys.stderr)

@@ -176,8 +176,13 @@ def classification_metrics(pred: np.ndarray, gold: np.ndarray, num_labels: int |
             "macro_f1": float(np.mean(f1s)) if f1s else 0.0}
 
 
-def training_arguments(cfg: TrainConfig, work_dir: Path, seed: int, num_train_rows: int) -> TrainingArguments:
-    """TrainingArguments for one stage: evaluate and checkpoint each epoch (or every save_steps), keep the best."""
+def training_arguments(cfg: TrainConfig, work_dir: Path, seed: int, num_train_rows: int,
+                       evaluate: bool = True) -> TrainingArguments:
+    """TrainingArguments for one stage: evaluate and checkpoint each epoch (or every save_steps), keep the best.
+
+    With ``evaluate=False`` (stages without a trained classifier: general or intermediate-layer distillation)
+    there is no validation pass and the last weights are kept.
+    """
     steps_per_epoch = math.ceil(num_train_rows / (cfg.batch_size * cfg.gradient_accumulation_steps))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     strategy = "steps" if cfg.save_steps else "epoch"
@@ -193,14 +198,14 @@ def training_arguments(cfg: TrainConfig, work_dir: Path, seed: int, num_train_ro
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm > 0 else 1e9,
         bf16=cfg.bf16,
-        eval_strategy=strategy,
+        eval_strategy=strategy if evaluate else "no",
         save_strategy=strategy,
         eval_steps=cfg.save_steps or None,
         save_steps=cfg.save_steps or 500,
         save_total_limit=2,
-        load_best_model_at_end=True,
-        metric_for_best_model="accuracy",
-        greater_is_better=True,
+        load_best_model_at_end=evaluate,
+        metric_for_best_model="accuracy" if evaluate else None,
+        greater_is_better=True if evaluate else None,
         logging_strategy="steps",
         logging_steps=cfg.logging_steps,
         report_to=["tensorboard"],

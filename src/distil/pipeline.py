@@ -20,16 +20,16 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from distil.config import RunConfig, dump_yaml
+from distil.config import RunConfig, StageConfig, dump_yaml, to_dict
 from distil.data import PadCollator, TaskData, prepare_data, to_dataset
-from distil.distill import DistillationTrainer, Distiller, accuracy_metrics, training_arguments
+from distil.distill import DistillationTrainer, accuracy_metrics, training_arguments
 from distil.errors import DistilError
-from distil.io import atomic_dir, read_json, write_json, write_text
+from distil.io import atomic_dir, atomic_path, read_json, write_json, write_text
 from distil.models.loading import check_same_vocabulary, load_classifier, load_tokenizer
 from distil.models.lstm import LSTMClassifier, LSTMConfig
 from distil.models.packaged import resolve_model
 from distil.models.student import select_layers, student_from_config, student_from_teacher
-from distil.soft_labels import soft_labels_for
+from distil.soft_labels import hash_model, soft_labels_for
 
 MODEL_STAGES = ("teacher", "student", "baseline")
 
@@ -97,28 +97,34 @@ def write_config(ctx: Context) -> None:
     write_text(ctx.out / "config.yaml", dump_yaml(ctx.cfg))
 
 
-def _fit(ctx: Context, stage: str, model, train_cfg, distiller: Distiller | None = None) -> dict:
+def _fit(ctx: Context, stage: str, model, train_cfg, distiller=None, train_dataset=None, evaluate: bool = True) -> dict:
     """Train ``model`` with the Trainer (resuming from the stage's last checkpoint), keep the best on validation."""
+    from distil.feature_distill import DistillerCheckpointCallback, load_distiller_state
+
     work = ctx.out / "work" / stage
     if not ctx.resume and work.exists():
         shutil.rmtree(work)
-    args = training_arguments(train_cfg, work, ctx.cfg.seed, len(ctx.datasets["train"]))
+    train_dataset = train_dataset if train_dataset is not None else ctx.datasets["train"]
+    args = training_arguments(train_cfg, work, ctx.cfg.seed, len(train_dataset), evaluate=evaluate)
+    callbacks = list(ctx.callbacks) + ([DistillerCheckpointCallback(distiller)] if distiller is not None else [])
     trainer = DistillationTrainer(
-        model=model, args=args, train_dataset=ctx.datasets["train"], eval_dataset=ctx.datasets["validation"],
+        model=model, args=args, train_dataset=train_dataset, eval_dataset=ctx.datasets["validation"],
         data_collator=ctx.collator(), compute_metrics=accuracy_metrics, distiller=distiller,
-        group_by_length=train_cfg.group_by_length, callbacks=list(ctx.callbacks),
+        group_by_length=train_cfg.group_by_length, callbacks=callbacks,
     )
     checkpoints = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if work.exists() else []
     resume_from = str(checkpoints[-1]) if ctx.resume and checkpoints else None
     if resume_from:
         print(f"{stage}: resuming from {resume_from}")
+        if distiller is not None:
+            load_distiller_state(distiller, resume_from)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
     best = trainer.evaluate()
-    return {"train_seconds": seconds, "train_steps": result.global_step, "best_validation": best,
-            "best_checkpoint": trainer.state.best_model_checkpoint, "log_history": trainer.state.log_history,
-            "resumed_from": resume_from}
+    return {"train_seconds": seconds, "train_steps": result.global_step, "train_rows": len(train_dataset),
+            "best_validation": best, "best_checkpoint": trainer.state.best_model_checkpoint,
+            "log_history": trainer.state.log_history, "resumed_from": resume_from}
 
 
 def _save_model(ctx: Context, stage: str, model, history: dict) -> Path:
@@ -149,18 +155,30 @@ def load_stage_model(ctx: Context, stage: str):
     return load_classifier(str(ctx.stage_dir(stage))).eval()
 
 
-def run_soft_labels(ctx: Context, teacher=None):
-    """Stage 2: the teacher's logits on the training split, from the cache or computed once."""
+def run_soft_labels(ctx: Context, teacher=None, dataset_name: str = "train", kd_temperature: float | None = None):
+    """Stage 2: the teacher's logits on a training set, from the cache or computed once (several teachers: each
+    from its own cache entry, combined as configured)."""
+    cfg = ctx.cfg
     teacher = teacher if teacher is not None else load_stage_model(ctx, "teacher")
+    dataset = ctx.datasets[dataset_name]
+    common = dict(max_length=cfg.data.max_length, batch_size=cfg.teacher.soft_label_batch_size,
+                  bf16=cfg.teacher.train.bf16)
     start = time.perf_counter()
-    soft = soft_labels_for(teacher, ctx.tokenizer, ctx.datasets["train"], ctx.collator(), ctx.cfg.cache_path,
-                           max_length=ctx.cfg.data.max_length, batch_size=ctx.cfg.teacher.soft_label_batch_size,
-                           bf16=ctx.cfg.teacher.train.bf16)
+    if cfg.teacher.additional:
+        from distil.teachers import multi_teacher_soft_labels
+
+        others = [load_classifier(resolve_model(p)).eval() for p in cfg.teacher.additional]
+        soft = multi_teacher_soft_labels([teacher, *others], cfg.teacher.weights, ctx.tokenizer, dataset,
+                                         ctx.collator(), cfg.cache_path, how=cfg.teacher.combine,
+                                         kd_temperature=kd_temperature or cfg.loss.kd_temperature, **common)
+    else:
+        soft = soft_labels_for(teacher, ctx.tokenizer, dataset, ctx.collator(), cfg.cache_path, **common)
     seconds = time.perf_counter() - start
-    ctx.timings["soft_labels"] = seconds
+    ctx.timings[f"soft_labels:{dataset_name}"] = seconds
     write_json(ctx.out / "soft_labels.json", {"fingerprint": soft.fingerprint, "status": soft.status,
                                               "path": str(soft.path), "shape": list(soft.logits.shape),
-                                              "seconds": round(seconds, 2)})
+                                              "rows": dataset_name, "seconds": round(seconds, 2),
+                                              "teachers": 1 + len(cfg.teacher.additional)})
     print(f"soft labels: {soft.status} {soft.path} {tuple(soft.logits.shape)} in {seconds:.1f}s")
     return soft
 
@@ -193,29 +211,136 @@ def build_student(ctx: Context, teacher) -> torch.nn.Module:
     return student.train()
 
 
+def student_stages(cfg: RunConfig) -> list[StageConfig]:
+    """The stages that train the student: the configured ones (less skip_stages), or one of `loss` + `distill`."""
+    if not cfg.stages:
+        return [StageConfig(name="student", loss=cfg.loss, train=cfg.distill)]
+    names = [s.name for s in cfg.stages]
+    unknown = [n for n in cfg.skip_stages if n not in names]
+    if unknown:
+        raise DistilError(f"skip_stages: no stage named {unknown[0]!r}; stages are {names}")
+    stages = [s for s in cfg.stages if s.name not in cfg.skip_stages]
+    if not stages:
+        raise DistilError(f"skip_stages {cfg.skip_stages} leaves no stage to run")
+    return stages
+
+
+def _stage_dataset(ctx: Context, stage: StageConfig, teacher) -> str:
+    """Name of the dataset a stage trains on, preparing it (general text, augmented split) on first use."""
+    if stage.data == "general":
+        if "general" not in ctx.datasets:
+            from distil.data.corpus import load_unlabelled, tokenize_unlabelled
+
+            g = ctx.cfg.general_data
+            texts = load_unlabelled(g.source, g.text_column, g.max_rows, seed=ctx.cfg.seed)
+            ctx.datasets["general"] = tokenize_unlabelled(texts, ctx.tokenizer, g.max_length)
+            print(f"general distillation data: {g.source}: {len(texts)} texts")
+        return "general"
+    if not (stage.augment and ctx.cfg.augment.enabled):
+        return "train"
+    if "train_augmented" not in ctx.datasets:
+        ctx.datasets["train_augmented"] = to_dataset(augmented_frame(ctx, teacher), ctx.tokenizer,
+                                                     ctx.cfg.data.max_length)
+    return "train_augmented"
+
+
+def augmented_frame(ctx: Context, teacher):
+    """The training split plus TinyBERT variants of (the first max_source_rows of) it, cached on disk."""
+    import hashlib
+
+    import pandas as pd
+
+    from distil.data.augment import AugmentConfig, cached_augment
+
+    a, frame = ctx.cfg.augment, ctx.data.splits["train"]
+    source = frame.iloc[: a.max_source_rows] if a.max_source_rows else frame
+    embeddings = teacher.get_input_embeddings().weight.detach()
+    mlm = load_mlm(a.mlm_model) if a.method == "mlm" else None
+    model_hash = hashlib.sha256(embeddings.float().numpy().tobytes()).hexdigest() if mlm is None else \
+        hash_model(mlm)
+    start = time.perf_counter()
+    out = cached_augment(source, ctx.tokenizer, AugmentConfig(num_variants=a.num_variants, replace_prob=a.replace_prob,
+                                                              top_k=a.top_k, method=a.method, seed=ctx.cfg.seed),
+                         ctx.cfg.cache_path, model_hash, mlm_model=mlm, embedding_matrix=embeddings)
+    if a.max_source_rows and len(frame) > len(source):
+        out = pd.concat([out, frame.iloc[len(source):]], ignore_index=True)
+    info = out.attrs.get("augment_cache", {})
+    ctx.timings["augment"] = time.perf_counter() - start
+    print(f"augmentation: {info.get('status', '?')}: {len(frame)} -> {len(out)} training rows")
+    return out.reset_index(drop=True)
+
+
+def load_mlm(path_or_name: str):
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        return AutoModelForMaskedLM.from_pretrained(resolve_model(path_or_name), use_safetensors=True).eval()
+    except (OSError, ValueError) as e:
+        raise DistilError(f"augment.mlm_model '{path_or_name}' could not be loaded as a masked LM "
+                          f"({str(e).splitlines()[0]})") from None
+
+
+def _general_teacher(ctx: Context):
+    """General distillation learns from the pretrained encoder, before any task fine-tuning (TinyBERT, MiniLM)."""
+    return load_classifier(resolve_model(ctx.cfg.teacher.model), num_labels=len(ctx.data.label_names),
+                           id2label=ctx.data.id2label, label2id=ctx.data.label2id).eval()
+
+
+def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:
+    """Run every stage on ``student`` in order; a finished non-final stage is kept for --resume."""
+    from safetensors.torch import load_model, save_model
+
+    from distil.feature_distill import make_distiller
+
+    stages = student_stages(ctx.cfg)
+    history: dict = {"stages": []}
+    for i, stage in enumerate(stages):
+        final = i == len(stages) - 1
+        work = stage.name if len(stages) > 1 else "student"
+        kept = ctx.out / "work" / "stages" / f"{stage.name}.safetensors"
+        if not final and ctx.resume and kept.is_file():
+            load_model(student, str(kept))
+            print(f"stage {stage.name}: done (kept {kept})")
+            continue
+        stage_teacher = _general_teacher(ctx) if stage.data == "general" else teacher
+        dataset = _stage_dataset(ctx, stage, teacher)
+        soft = None
+        if stage.data == "task" and stage.loss.logits_weight > 0 and not live_teacher:
+            soft = run_soft_labels(ctx, teacher, dataset, kd_temperature=stage.loss.kd_temperature)
+        distiller = make_distiller(stage.loss, stage_teacher, student, soft)
+        print(f"stage {stage.name}: {type(distiller).__name__} on {dataset} ({len(ctx.datasets[dataset])} rows)")
+        evaluate = stage.data == "task" and stage.loss.logits_weight > 0
+        result = _fit(ctx, work, student, stage.train, distiller, ctx.datasets[dataset], evaluate=evaluate)
+        result.update(name=stage.name, data=dataset, teacher_signal="live teacher" if soft is None else
+                      "cached soft labels", loss=to_dict(stage.loss))
+        history["stages"].append(result)
+        if not final:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(kept) as tmp:
+                save_model(student, str(tmp))
+    last = history["stages"][-1] if history["stages"] else {}
+    history.update({k: last.get(k) for k in ("best_validation", "log_history")})
+    history["train_seconds"] = sum(s["train_seconds"] for s in history["stages"])
+    return history
+
+
 def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:
-    """Stage 3: distil the student from the teacher's soft labels; then the same student without the teacher."""
+    """Stage 3: distil the student from the teacher (every configured stage); then the same student without it."""
     cfg = ctx.cfg
     teacher = load_stage_model(ctx, "teacher")
     saved = {}
-    if not ctx.done("student") or cfg.overwrite and not ctx.resume:
+    if not ctx.done("student"):
         student = build_student(ctx, teacher)  # first: a bad student config fails before any teacher work
-        if live_teacher:
-            distiller = Distiller(cfg.loss, teacher=teacher)
-        else:
-            distiller = Distiller(cfg.loss, soft_labels=run_soft_labels(ctx, teacher))
-        history = {"init": cfg.student.init, "layers": getattr(student, "distil_layer_map", None),
-                   "loss": {"alpha": cfg.loss.alpha, "kd_temperature": cfg.loss.kd_temperature,
-                            "soft_loss": cfg.loss.soft_loss},
-                   "teacher_signal": "live teacher" if live_teacher else "cached soft labels"}
-        history.update(_fit(ctx, "student", student, cfg.distill, distiller))
+        history = {"init": cfg.student.init, "layers": getattr(student, "distil_layer_map", None)}
+        history.update(_train_student(ctx, student, teacher, live_teacher))
         ctx.timings["student"] = history["train_seconds"]
         saved["student"] = _save_model(ctx, "student", student, history)
-    if cfg.baseline and (not ctx.done("baseline") or cfg.overwrite and not ctx.resume):
+    if cfg.baseline and not ctx.done("baseline"):
         student = build_student(ctx, teacher)
         history = {"init": cfg.student.init, "layers": getattr(student, "distil_layer_map", None),
                    "loss": "cross-entropy on hard labels only (no teacher)"}
-        history.update(_fit(ctx, "baseline", student, cfg.distill))
+        train_cfg = student_stages(cfg)[-1].train
+        history.update(_fit(ctx, "baseline", student, train_cfg))
         ctx.timings["baseline"] = history["train_seconds"]
         saved["baseline"] = _save_model(ctx, "baseline", student, history)
     return saved

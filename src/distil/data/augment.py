@@ -66,17 +66,16 @@ class AugmentConfig:
     """Word pieces of context the masked LM sees; one-piece words past it take embedding neighbours."""
 
     def __post_init__(self):
-        _check = _check_field
-        _check(isinstance(self.num_variants, int) and self.num_variants >= 1, "num_variants", self.num_variants,
-               "an int >= 1")
-        _check(0.0 < self.replace_prob <= 1.0, "replace_prob", self.replace_prob, "a number in (0, 1]")
-        _check(isinstance(self.top_k, int) and self.top_k >= 1, "top_k", self.top_k, "an int >= 1")
-        _check(self.method in ("mlm", "embedding"), "method", self.method, "'mlm' or 'embedding'")
-        _check(isinstance(self.seed, int), "seed", self.seed, "an int")
-        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", self.batch_size,
-               "an int >= 1")
-        _check(isinstance(self.max_length, int) and 8 <= self.max_length <= 8192, "max_length", self.max_length,
-               "an int in 8..8192")
+        _check_field(isinstance(self.num_variants, int) and self.num_variants >= 1, "num_variants",
+                     self.num_variants, "an int >= 1")
+        _check_field(0.0 < self.replace_prob <= 1.0, "replace_prob", self.replace_prob, "a number in (0, 1]")
+        _check_field(isinstance(self.top_k, int) and self.top_k >= 1, "top_k", self.top_k, "an int >= 1")
+        _check_field(self.method in ("mlm", "embedding"), "method", self.method, "'mlm' or 'embedding'")
+        _check_field(isinstance(self.seed, int), "seed", self.seed, "an int")
+        _check_field(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", self.batch_size,
+                     "an int >= 1")
+        _check_field(isinstance(self.max_length, int) and 8 <= self.max_length <= 8192, "max_length",
+                     self.max_length, "an int in 8..8192")
 
 
 def _check_field(cond: bool, key: str, value, valid: str) -> None:
