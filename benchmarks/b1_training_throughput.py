@@ -8,6 +8,7 @@ layer i <- teacher layer 2i + 1). Systems, timed interleaved round by round (A B
     distil-cached   (a) DistillationTrainer step, teacher logits from the soft-label cache
     distil-live     (b) DistillationTrainer step, teacher run live every step (logits only)
     distil-hidden   (c) DistillationTrainer step, live teacher, logits + hidden-state MSE
+                        (distil.feature_distill.make_distiller: FeatureDistiller, hooks on the mapped layers only)
     student-alone   (f) DistillationTrainer without a distiller: the student's own CE step (the limit)
     plain-*         (d) the design documents' loop by hand: every row padded to max_length, teacher run every
                         step under no_grad, KL + CE written out, fp32
@@ -20,8 +21,8 @@ framework's own per-step work count; the first --warmup steps of every round are
 measured samples / measured seconds; reported: the median over rounds, and ratios taken round by round (so a slow
 stretch of the shared machine hits both sides of a ratio) and then medianed.
 
-    python benchmarks/b1_training_throughput.py                       # ~6 min on 2 cores
-    python benchmarks/b1_training_throughput.py --rows 1280 --rounds 5 --steps 40
+    python benchmarks/b1_training_throughput.py                   # 5 steps x 3 rounds: ~5 min idle, ~9 loaded
+    python benchmarks/b1_training_throughput.py --steps 40 --rounds 5 --all   # 1,280 rows, every system
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ import argparse
 import copy
 import cProfile
 import dataclasses
-import inspect
 import io
 import itertools
 import json
 import pstats
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,9 +51,9 @@ from transformers import TrainerCallback, get_linear_schedule_with_warmup
 
 from distil.config import DEFAULT_TEACHER, DataConfig, LossConfig, TrainConfig
 from distil.data import PadCollator, prepare_data, to_dataset
-from distil.distill import DistillationTrainer, Distiller, EpochLengthGroupedSampler, logits_of, training_arguments
-from distil.losses import hidden_mse_loss, kd_objective
-from distil.models.features import FeatureSpec, FeatureTap, map_layers
+from distil.distill import DistillationTrainer, Distiller, EpochLengthGroupedSampler, training_arguments
+from distil.feature_distill import make_distiller
+from distil.models.features import map_layers
 from distil.models.loading import load_classifier, load_tokenizer
 from distil.models.packaged import resolve_model
 from distil.models.student import select_layers, student_from_teacher
@@ -63,8 +64,9 @@ DISTIL_KINDS = ("distil-cached", "distil-live", "distil-hidden", "student-alone"
 DEFAULT_SYSTEMS = (
     "distil-cached:bf16,distil-live:bf16,distil-hidden:bf16,student-alone:bf16,"
     "distil-cached:fp32,distil-hidden:fp32,student-alone:fp32,plain-logits:fp32,plain-hidden:fp32,"
-    "tb-logits-fixed:fp32,tb-hidden-fixed:fp32,tb-logits-dynamic:fp32,tb-hidden-dynamic:fp32"
+    "tb-logits-fixed:fp32,tb-hidden-fixed:fp32"
 )
+ALL_SYSTEMS = DEFAULT_SYSTEMS + ",distil-live:fp32,tb-logits-dynamic:fp32,tb-hidden-dynamic:fp32"
 LABELS = {
     "distil-cached": "(a) distil, cached soft labels",
     "distil-live": "(b) distil, live teacher",
@@ -81,18 +83,27 @@ LABELS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=320, help="training rows (a multiple of --batch-size)")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="training rows (default: steps x batch size, so the measured steps cover every row once)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10, help="measured steps per system per round")
+    p.add_argument("--steps", type=int, default=5, help="measured steps per system per round")
     p.add_argument("--warmup", type=int, default=2, help="steps dropped at the start of every round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--systems", default=DEFAULT_SYSTEMS, help="comma-separated KIND:PRECISION list")
+    p.add_argument("--all", action="store_true", help="also distil-live fp32 and TextBrewer on distil's batches")
     p.add_argument("--textbrewer-python", default=str(harness.BENCH_DIR / ".venv-textbrewer" / "bin" / "python"))
-    p.add_argument("--profile-steps", type=int, default=8, help="0 skips the profile of (a)")
+    p.add_argument("--profile-steps", type=int, default=6, help="0 skips the profile of (a)")
     p.add_argument("--out", type=Path, default=harness.RESULTS_DIR)
     args = p.parse_args(argv)
+    if args.all:
+        args.systems = ALL_SYSTEMS
+    args.rows = args.rows or args.steps * args.batch_size
     if args.rows % args.batch_size:
         p.error(f"--rows {args.rows} must be a multiple of --batch-size {args.batch_size}")
     return args
@@ -150,62 +161,10 @@ def build(args) -> Bench:
 # ---------------------------------------------------------------------------------------------------- distil
 
 
-class HiddenMSEDistiller(Distiller):
-    """Logit KD plus hidden-state MSE on mapped layers, from distil's parts (FeatureTap + hidden_mse_loss).
-
-    Used only while distil.feature_distill.make_distiller does not exist; it overrides `Distiller.compute`,
-    the hook the trainer calls, exactly where that module plugs in.
-    """
-
-    def __init__(self, loss: LossConfig, teacher: nn.Module, student: nn.Module, pairs: list[tuple[int, int]]):
-        super().__init__(loss, teacher=teacher)
-        self.pairs = pairs
-        self.tap_student = FeatureTap(student, FeatureSpec(hidden_layers=tuple(s for s, _ in pairs))).attach()
-        self.tap_teacher = FeatureTap(teacher, FeatureSpec(hidden_layers=tuple(t for _, t in pairs))).attach()
-
-    def compute(self, model, inputs, labels, idx):
-        mask = inputs["attention_mask"]  # (B, L)
-        with torch.inference_mode(), self.tap_teacher.capture(mask) as teacher_feats:
-            teacher_logits = logits_of(self.teacher(**inputs)).float()  # (B, C)
-        with self.tap_student.capture(mask) as student_feats:
-            logits = logits_of(model(**inputs))  # (B, C)
-        loss, parts = kd_objective(
-            logits.float(),
-            teacher_logits,
-            labels,
-            alpha=self.loss_cfg.alpha,
-            kd_temperature=self.loss_cfg.kd_temperature,
-            soft_loss=self.loss_cfg.soft_loss,
-        )
-        hidden = sum(
-            hidden_mse_loss(student_feats.hidden[s].float(), teacher_feats.hidden[t].float(), mask)
-            for s, t in self.pairs
-        )
-        parts["hidden_mse"] = hidden
-        return loss + self.loss_cfg.hidden_weight * hidden, parts, logits
-
-
-def hidden_distiller(bench: Bench, student: nn.Module) -> tuple[Distiller, str]:
+def hidden_distiller(bench: Bench, student: nn.Module) -> Distiller:
+    """distil's feature distiller for logits + hidden MSE on uniformly mapped layers, the teacher run live."""
     loss = LossConfig(alpha=ALPHA, kd_temperature=KD_TEMPERATURE, hidden_weight=HIDDEN_WEIGHT, layer_map="uniform")
-    try:
-        from distil.feature_distill import make_distiller
-    except ImportError:
-        return (
-            HiddenMSEDistiller(loss, bench.teacher, student, bench.pairs),
-            "benchmark-local: Distiller.compute + FeatureTap + hidden_mse_loss (distil.feature_distill absent)",
-        )
-    accepted = inspect.signature(make_distiller).parameters
-    offered = {
-        "loss": loss,
-        "loss_cfg": loss,
-        "loss_config": loss,
-        "config": loss,
-        "cfg": loss,
-        "teacher": bench.teacher,
-        "student": student,
-        "soft_labels": None,
-    }
-    return make_distiller(**{k: v for k, v in offered.items() if k in accepted}), "distil.feature_distill"
+    return make_distiller(loss, bench.teacher, student, soft_labels=None)
 
 
 class StepClock(TrainerCallback):
@@ -221,17 +180,16 @@ class StepClock(TrainerCallback):
         self.marks.append(time.perf_counter())
 
 
-def distil_trainer(bench: Bench, kind: str, bf16: bool, max_steps: int, callbacks=()) -> tuple:
+def distil_trainer(bench: Bench, kind: str, bf16: bool, max_steps: int, callbacks=()) -> DistillationTrainer:
     """A DistillationTrainer as distil's pipeline builds it (training_arguments), minus evaluation and saving."""
     a = bench.args
     student = copy.deepcopy(bench.student).train()
-    note = ""
     if kind == "distil-cached":
         distiller = Distiller(LossConfig(alpha=ALPHA, kd_temperature=KD_TEMPERATURE), soft_labels=bench.soft_labels)
     elif kind == "distil-live":
         distiller = Distiller(LossConfig(alpha=ALPHA, kd_temperature=KD_TEMPERATURE), teacher=bench.teacher)
     elif kind == "distil-hidden":
-        distiller, note = hidden_distiller(bench, student)
+        distiller = hidden_distiller(bench, student)
     else:
         distiller = None
     cfg = TrainConfig(epochs=1, learning_rate=LEARNING_RATE, batch_size=a.batch_size, bf16=bf16)
@@ -252,18 +210,14 @@ def distil_trainer(bench: Bench, kind: str, bf16: bool, max_steps: int, callback
         distiller=distiller,
         callbacks=list(callbacks),
     )
-    return trainer, note
+    return trainer
 
 
-def run_distil(bench: Bench, kind: str, precision: str, steps: int) -> tuple[list[float], str]:
+def run_distil(bench: Bench, kind: str, precision: str, steps: int) -> list[float]:
     clock = StepClock()
-    trainer, note = distil_trainer(bench, kind, precision == "bf16", bench.args.warmup + steps, [clock])
+    trainer = distil_trainer(bench, kind, precision == "bf16", bench.args.warmup + steps, [clock])
     trainer.train()
-    tap = getattr(trainer.distiller, "tap_student", None)
-    if tap is not None:
-        tap.detach()
-        trainer.distiller.tap_teacher.detach()
-    return list(np.diff(clock.marks)[bench.args.warmup :]), note
+    return list(np.diff(clock.marks)[bench.args.warmup :])
 
 
 def distil_batch_plan(bench: Bench, num_batches: int) -> list[list[int]]:
@@ -386,11 +340,11 @@ def profile_cached(bench: Bench, steps: int) -> dict:
     """torch.profiler operator table and cProfile's Python view of (a), distil's cached-soft-label step, bf16."""
     from torch.profiler import ProfilerActivity, profile
 
-    trainer, _ = distil_trainer(bench, "distil-cached", True, bench.args.warmup + steps)
+    trainer = distil_trainer(bench, "distil-cached", True, bench.args.warmup + steps)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         trainer.train()
     ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-    trainer, _ = distil_trainer(bench, "distil-cached", True, bench.args.warmup + steps)
+    trainer = distil_trainer(bench, "distil-cached", True, bench.args.warmup + steps)
     profiler = cProfile.Profile()
     profiler.enable()
     trainer.train()
@@ -402,6 +356,7 @@ def profile_cached(bench: Bench, steps: int) -> dict:
         ("distil/soft_labels.py", "lookup"): "soft-label lookup (memmap gather)",
         ("distil/data/prepare.py", "__call__"): "PadCollator (padding in Python)",
         ("torch/_tensor.py", "backward"): "backward",
+        ("torch/optim/adam.py", "step"): "AdamW step",
         ("torch/optim/adamw.py", "step"): "AdamW step",
         ("torch/nn/utils/clip_grad.py", "clip_grad_norm_"): "gradient clipping",
         ("transformers/trainer.py", "get_batch_samples"): "fetch batches (sampler + collate)",
@@ -446,7 +401,6 @@ def main(argv=None) -> int:
         worker = TextBrewerWorker(bench, args.textbrewer_python)
     samples: dict[str, list[float]] = {f"{k}:{p}": [] for k, p in systems}
     step_ms: dict[str, list[float]] = {f"{k}:{p}": [] for k, p in systems}
-    notes: dict[str, str] = {}
     per_batch = args.batch_size
     try:
         for r in range(args.rounds):
@@ -455,8 +409,7 @@ def main(argv=None) -> int:
             for kind, precision in order:
                 key = f"{kind}:{precision}"
                 if kind in DISTIL_KINDS:
-                    intervals, note = run_distil(bench, kind, precision, args.steps)
-                    notes[key] = note or notes.get(key, "")
+                    intervals = run_distil(bench, kind, precision, args.steps)
                 elif kind.startswith("plain-"):
                     intervals = run_plain(bench, kind == "plain-hidden", args.steps, seed=r)
                 else:
@@ -471,13 +424,14 @@ def main(argv=None) -> int:
                     f"round {r + 1} {key:26s} {sps:7.1f} samples/s  (median step {step_ms[key][-1]:.0f} ms)",
                     flush=True,
                 )
+        calibration.log("after rounds")
+        profile = profile_cached(bench, args.profile_steps) if args.profile_steps else None
+        calibration.log("end")
     finally:
         if worker is not None:
             worker.close()
-    calibration.log("after rounds")
-    profile = profile_cached(bench, args.profile_steps) if args.profile_steps else None
-    calibration.log("end")
-    result = summarise(args, info, calibration.summary(), bench, systems, samples, step_ms, notes, worker, profile)
+        shutil.rmtree(bench.work, ignore_errors=True)
+    result = summarise(args, info, calibration.summary(), bench, systems, samples, step_ms, worker, profile)
     write_outputs(result)
     return 0
 
@@ -489,7 +443,7 @@ def ratio(samples: dict, a: str, b: str) -> float | None:
     return harness.median(x / y for x, y in zip(samples[a], samples[b]))
 
 
-def summarise(args, info, calibration, bench, systems, samples, step_ms, notes, worker, profile) -> dict:
+def summarise(args, info, calibration, bench, systems, samples, step_ms, worker, profile) -> dict:
     rows = {}
     for kind, precision in systems:
         key = f"{kind}:{precision}"
@@ -510,7 +464,6 @@ def summarise(args, info, calibration, bench, systems, samples, step_ms, notes, 
             "vs_plain_loop": ratio(samples, key, plain) if kind != "student-alone" else None,
             "vs_textbrewer_fixed": ratio(samples, key, tb_fixed) if kind != "student-alone" else None,
             "vs_textbrewer_dynamic": ratio(samples, key, tb_dyn) if kind != "student-alone" else None,
-            "note": notes.get(key, ""),
         }
     checks = {}
     for p in ("bf16", "fp32"):
@@ -597,8 +550,6 @@ def write_outputs(result: dict) -> None:
         "\n",
         harness.md_table(["check", "measured"], checks),
     ]
-    notes = {r["note"] for r in result["systems"].values() if r["note"]}
-    md += [f"\nHidden-MSE distiller used: {n}.\n" for n in notes]
     prof = result.get("profile")
     if prof:
         md += [

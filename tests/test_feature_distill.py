@@ -66,7 +66,7 @@ def test_exact_copy_gives_zero_for_every_feature_term(tiny_bert, batch):
         if name != "ce":
             assert abs(value.item()) < 1e-5, (name, value.item())
     assert logits.shape == (4, 2)
-    assert float(total) == pytest.approx(0.5 * float(parts["ce"]), abs=1e-5)  # alpha * CE; every other part is 0
+    assert total.item() == pytest.approx(0.5 * parts["ce"].item(), abs=1e-5)  # alpha * CE; every other part is 0
 
 
 def test_minilm_v2_relations_of_an_exact_copy_are_zero(tiny_bert, batch):
@@ -74,7 +74,7 @@ def test_minilm_v2_relations_of_an_exact_copy_are_zero(tiny_bert, batch):
     cfg = LossConfig(logits_weight=0.0, minilm_value_weight=1.0, minilm_relation_heads=8, layer_map=[0, 1, 2, 3])
     _, parts, _ = _compute(FeatureDistiller(cfg, tiny_bert, student), student, batch, labels=None)
     assert set(parts) == {"minilm_query", "minilm_key", "minilm_value"}
-    assert all(abs(float(v)) < 1e-5 for v in parts.values())
+    assert all(abs(v.item()) < 1e-5 for v in parts.values())
 
 
 def test_total_is_the_weighted_sum_of_the_parts(tiny_bert, batch):
@@ -84,8 +84,8 @@ def test_total_is_the_weighted_sum_of_the_parts(tiny_bert, batch):
     assert set(parts) == {"ce", "kd", "hidden", "attention", "rkd_angle"}
     expected = 2.0 * (0.3 * parts["ce"] + 0.7 * parts["kd"]) + 0.5 * parts["hidden"]
     expected = expected + 0.25 * parts["attention"] + 3.0 * parts["rkd_angle"]
-    assert float(total) == pytest.approx(float(expected), rel=1e-5)
-    assert all(float(v) > 0 for name, v in parts.items())  # a 2-layer student differs from its teacher
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert all(v.item() > 0 for v in parts.values())  # a 2-layer student differs from its teacher
 
 
 @pytest.mark.parametrize(
@@ -120,7 +120,7 @@ def test_soft_labels_feed_the_logit_term(tiny_bert, batch):
     idx = torch.tensor([7, 2, 5, 0])
     distiller = FeatureDistiller(LossConfig(hidden_weight=1.0), tiny_bert, student, soft_labels=Cached())
     _, parts, logits = _compute(distiller, student, batch, idx=idx)
-    assert float(parts["kd"]) == pytest.approx(float(kd_kl_loss(logits, Cached.logits[idx], 2.0)), rel=1e-5)
+    assert parts["kd"].item() == pytest.approx(kd_kl_loss(logits, Cached.logits[idx], 2.0).item(), rel=1e-5)
     with pytest.raises(DistilError, match="idx"):
         _compute(distiller, student, batch, idx=None)
 
@@ -136,6 +136,18 @@ def test_logits_only_with_soft_labels_never_runs_the_teacher(tiny_bert, batch):
     distiller = FeatureDistiller(LossConfig(), tiny_bert, student, soft_labels=Cached())
     _, parts, _ = _compute(distiller, student, batch, idx=torch.arange(4))
     assert set(parts) == {"ce", "kd"} and not calls
+
+
+def test_rkd_on_a_batch_too_small_for_the_angle_contributes_zero(tiny_bert, batch):
+    student = student_from_teacher(tiny_bert, [1, 3])
+    distiller = FeatureDistiller(LossConfig(rkd_distance_weight=1.0, rkd_angle_weight=1.0), tiny_bert, student)
+    for rows in (1, 2):  # e.g. the last partial batch of an epoch
+        small = {key: value[:rows] for key, value in batch.items()}
+        _, parts, _ = _compute(distiller, student, small, labels=LABELS[:rows])
+        # one row: neither term is defined; two rows: no angle, and the one mean-normalised distance is 1 on both sides
+        assert parts["rkd_angle"].item() == 0.0 and parts["rkd_distance"].item() == 0.0
+    _, parts, _ = _compute(distiller, student, batch)
+    assert parts["rkd_angle"].item() > 0 and parts["rkd_distance"].item() > 0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -268,11 +280,11 @@ def test_mlm_term_with_masked_lm_teacher_and_student():
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones(3, 6, dtype=torch.long), "mlm_labels": mlm_labels}
     _, parts, logits = distiller.compute(student, inputs, None, None)
     assert set(parts) == {"kd", "mlm", "hidden_cosine"} and logits.shape == (3, 6, 100)
-    assert float(parts["mlm"]) == pytest.approx(float(F.cross_entropy(logits[:, 2], input_ids[:, 2])), rel=1e-5)
+    assert parts["mlm"].item() == pytest.approx(F.cross_entropy(logits[:, 2], input_ids[:, 2]).item(), rel=1e-5)
     with torch.no_grad():
         teacher_logits = teacher(input_ids=input_ids).logits
     expected_kd = kd_kl_loss(logits[:, 2], teacher_logits[:, 2], 2.0)  # KL on the masked positions only
-    assert float(parts["kd"]) == pytest.approx(float(expected_kd), rel=1e-4)
+    assert parts["kd"].item() == pytest.approx(expected_kd.item(), rel=1e-4)
     with pytest.raises(DistilError, match="no 'mlm_labels'"):
         distiller.compute(student, {"input_ids": input_ids}, None, None)
 

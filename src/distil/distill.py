@@ -207,7 +207,7 @@ def training_arguments(cfg: TrainConfig, work_dir: Path, seed: int, num_train_ro
         metric_for_best_model="accuracy" if evaluate else None,
         greater_is_better=True if evaluate else None,
         logging_strategy="steps",
-        logging_steps=cfg.logging_steps,
+        logging_steps=min(cfg.logging_steps, max(1, steps_per_epoch // 2)),  # short runs still get curves
         report_to=["tensorboard"],
         seed=seed,
         data_seed=seed,

@@ -53,6 +53,7 @@ from distil.losses import (
 )
 from distil.losses.logits import IGNORE_INDEX
 from distil.models.features import (
+    Features,
     FeatureSpec,
     FeatureTap,
     encoder_layers,
@@ -63,8 +64,6 @@ from distil.models.features import (
 )
 
 DISTILLER_STATE_FILE = "distiller.safetensors"
-MAPPED_WEIGHTS = ("hidden_weight", "attention_weight", "attention_kl_weight")
-"""Terms computed on every (student, teacher) pair of the layer map."""
 HEAD_PAIRED_WEIGHTS = ("attention_weight", "attention_kl_weight", "minilm_attention_weight")
 """Terms that compare attention head h of the student with head h of the teacher."""
 
@@ -120,7 +119,9 @@ def term_specs(
     return FeatureSpec(), FeatureSpec()  # last hidden states: added by feature_specs, which knows the teacher depth
 
 
-def feature_specs(loss_cfg: LossConfig, pairs: list[tuple[int, int]], teacher_layers: int) -> tuple[FeatureSpec, ...]:
+def feature_specs(
+    loss_cfg: LossConfig, pairs: list[tuple[int, int]], teacher_layers: int
+) -> tuple[FeatureSpec, FeatureSpec]:
     """(student spec, teacher spec): the union of what every term with a weight > 0 reads, nothing more."""
     specs = [term_specs(name, loss_cfg, pairs) for name in FEATURE_WEIGHTS if getattr(loss_cfg, name) > 0]
     last_hidden = any(
@@ -138,7 +139,7 @@ def feature_specs(loss_cfg: LossConfig, pairs: list[tuple[int, int]], teacher_la
                 qkv_layers=tuple(layer for p in parts for layer in p.qkv_layers),
             )
         )
-    return tuple(merged)
+    return merged[0], merged[1]
 
 
 def term_problems(loss_cfg: LossConfig, teacher: nn.Module, student: nn.Module) -> dict[str, str]:
@@ -180,7 +181,7 @@ def term_problems(loss_cfg: LossConfig, teacher: nn.Module, student: nn.Module) 
 
 
 def _logit_problems(teacher: nn.Module, student: nn.Module) -> dict[str, str]:
-    t_labels, s_labels = _num_outputs(teacher), _num_outputs(student)
+    t_labels, s_labels = num_outputs(teacher), num_outputs(student)
     if t_labels is not None and s_labels is not None and t_labels != s_labels:
         return {
             "logits_weight": f"teacher predicts {t_labels} outputs, student {s_labels}: logit distillation needs "
@@ -189,11 +190,13 @@ def _logit_problems(teacher: nn.Module, student: nn.Module) -> dict[str, str]:
     return {}
 
 
-def _num_outputs(model: nn.Module) -> int | None:
+def num_outputs(model: nn.Module) -> int | None:
+    """Width of the logits: vocabulary size for an MLM head, label count for a classifier, None for a bare encoder."""
     if has_mlm_head(model):
         return getattr(model.get_output_embeddings(), "out_features", None)
-    config = getattr(model, "config", None)
-    return getattr(config, "num_labels", None)
+    if isinstance(model, PreTrainedModel) and model.base_model is model:  # e.g. BertModel: no head, no logits yet
+        return None
+    return getattr(getattr(model, "config", None), "num_labels", None)
 
 
 def _feature_problem(
@@ -355,7 +358,7 @@ class FeatureDistiller(nn.Module):
         total, _ = combine(parts, {name: w for name, w in self.weights.items() if name in parts})
         return total, parts, logits
 
-    def _run_teacher(self, inputs: dict[str, Tensor], idx: Tensor | None):
+    def _run_teacher(self, inputs: dict[str, Tensor], idx: Tensor | None) -> tuple[Tensor | None, Features | None]:
         """(teacher logits or None, teacher Features or None); the teacher runs only when something needs it."""
         cached = None
         if self.soft_labels is not None and self.loss_cfg.logits_weight > 0:
@@ -394,7 +397,7 @@ class FeatureDistiller(nn.Module):
         )
         return parts
 
-    def _feature_parts(self, s, t, mask: Tensor | None) -> dict[str, Tensor]:
+    def _feature_parts(self, s: Features, t: Features, mask: Tensor | None) -> dict[str, Tensor]:
         """Every configured feature term from the student's (s) and teacher's (t) captured Features."""
         cfg, pairs = self.loss_cfg, self.pairs
         s_last, t_minilm = pairs[-1]
@@ -425,7 +428,9 @@ class FeatureDistiller(nn.Module):
             parts.update(self._rkd_parts(s.hidden[s_last][:, 0], t.hidden[self.teacher_last][:, 0]))  # (B, D) [CLS]
         return parts
 
-    def _minilm_relation_parts(self, s, t, s_layer: int, t_layer: int, mask: Tensor | None) -> dict[str, Tensor]:
+    def _minilm_relation_parts(
+        self, s: Features, t: Features, s_layer: int, t_layer: int, mask: Tensor | None
+    ) -> dict[str, Tensor]:
         if uses_value_v1(self.loss_cfg):
             return {
                 "minilm_value": value_relation_loss(

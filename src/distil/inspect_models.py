@@ -24,7 +24,14 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelF
 
 from distil.config import FEATURE_WEIGHTS, LossConfig
 from distil.errors import DistilError
-from distil.feature_distill import has_mlm_head, is_transformer, suggest_relation_heads, term_problems, uses_value_v1
+from distil.feature_distill import (
+    has_mlm_head,
+    is_transformer,
+    num_outputs,
+    suggest_relation_heads,
+    term_problems,
+    uses_value_v1,
+)
 from distil.losses import LOSSES
 from distil.models.features import map_layers, model_hidden_size, model_num_heads, model_num_layers
 from distil.models.loading import count_parameters, load_classifier
@@ -118,7 +125,7 @@ def describe_model(model: nn.Module, source: str) -> dict[str, Any]:
         vocab_size=getattr(config, "vocab_size", None),
         mlm_head=mlm,
         parameters=count_parameters(model),
-        num_outputs=model.get_output_embeddings().out_features if mlm else getattr(config, "num_labels", None),
+        num_outputs=num_outputs(model),
     )
     return info
 
