@@ -1,4 +1,7 @@
-"""The real CLI end to end on a tiny teacher and a few hundred real Rotten Tomatoes rows; bad inputs; kill -9 + resume."""
+"""The real CLI end to end on a tiny teacher and a few hundred real Rotten Tomatoes rows.
+
+Also bad inputs, and kill -9 during distillation followed by --resume.
+"""
 
 import json
 import os
@@ -13,10 +16,28 @@ import torch
 
 from distil.cli import main
 
-FAST = ["--data.max_train_samples", "320", "--data.max_eval_samples", "96", "--data.max_length", "32",
-        "--teacher.train.epochs", "1", "--teacher.train.bf16", "false", "--distill.bf16", "false",
-        "--eval.latency_repeats", "2", "--eval.latency_batch_sizes", "[1, 8]", "--teacher.train.learning_rate",
-        "0.001", "--distill.learning_rate", "0.001"]
+FAST = [
+    "--data.max_train_samples",
+    "320",
+    "--data.max_eval_samples",
+    "96",
+    "--data.max_length",
+    "32",
+    "--teacher.train.epochs",
+    "1",
+    "--teacher.train.bf16",
+    "false",
+    "--distill.bf16",
+    "false",
+    "--eval.latency_repeats",
+    "2",
+    "--eval.latency_batch_sizes",
+    "[1, 8]",
+    "--teacher.train.learning_rate",
+    "0.001",
+    "--distill.learning_rate",
+    "0.001",
+]
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +50,14 @@ def tiny_teacher_dir(tmp_path_factory, _tiny_bert_session, tokenizer):
 
 def _cli(*args, env_extra=None, **popen):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "distil.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "distil.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
 
 
 def _run_args(teacher, out, cache, *extra):
@@ -85,8 +112,14 @@ def test_run_kill_resume_matches_uninterrupted(tiny_teacher_dir, tmp_path):
     assert report["models"]["student"]["parameters"] < report["models"]["teacher"]["parameters"]
     assert report["data"]["splits"] == {"train": 320, "validation": 96, "test": 96}
     assert report["soft_labels"]["status"] == "hit"
-    for name in ("report.md", "plots/training_curves.png", "plots/comparison.png", "config.yaml",
-                 "teacher/training_history.json", "student/tokenizer.json"):
+    for name in (
+        "report.md",
+        "plots/training_curves.png",
+        "plots/comparison.png",
+        "config.yaml",
+        "teacher/training_history.json",
+        "student/tokenizer.json",
+    ):
         assert (killed_dir / name).is_file(), name
     assert "| distilled student |" in (killed_dir / "report.md").read_text()
     assert list((killed_dir / "work" / "student").rglob("events.out.tfevents*")), "no TensorBoard logs"
@@ -125,8 +158,17 @@ def test_bad_inputs_get_one_line(tmp_path, capsys, tiny_teacher_dir):
     csv = tmp_path / "d.csv"
     csv.write_text("review,label\n" + "\n".join(f"text {i},{'pos' if i % 2 else 'neg'}" for i in range(30)))
     assert "column 'text' is missing" in _error(capsys, "teacher", "--data.source", str(csv), *out)
-    assert "unknown label 'pos'" in _error(capsys, "teacher", "--data.source", str(csv), "--data.text_column",
-                                           "review", "--data.labels", "[neg, neutral]", *out)
+    assert "unknown label 'pos'" in _error(
+        capsys,
+        "teacher",
+        "--data.source",
+        str(csv),
+        "--data.text_column",
+        "review",
+        "--data.labels",
+        "[neg, neutral]",
+        *out,
+    )
     assert "'loss.alpha'" in _error(capsys, "run", "--loss.alpha", "2", *out)
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("data:\n  sourec: x\n")
@@ -139,14 +181,34 @@ def test_pickle_checkpoint_refused_and_never_loaded(tmp_path, capsys, monkeypatc
     (bad / "config.json").write_text((Path(tiny_teacher_dir) / "config.json").read_text())
     torch.save({"x": torch.zeros(1)}, bad / "pytorch_model.bin")
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called on a checkpoint"))
-    err = _error(capsys, "teacher", "--teacher.model", str(bad), "--output_dir", str(tmp_path / "o"),
-                 "--data.max_train_samples", "50")
+    err = _error(
+        capsys,
+        "teacher",
+        "--teacher.model",
+        str(bad),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--data.max_train_samples",
+        "50",
+    )
     assert "not safetensors" in err
 
 
 def test_layer_list_out_of_range_and_foreign_tokenizer(tmp_path, capsys, tiny_teacher_dir, make_tiny_bert):
-    out = ["--output_dir", str(tmp_path / "o"), "--cache_dir", str(tmp_path / "c"), "--data.max_train_samples", "64",
-           "--data.max_eval_samples", "32", "--data.max_length", "16", "--teacher.fine_tune", "false"]
+    out = [
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--cache_dir",
+        str(tmp_path / "c"),
+        "--data.max_train_samples",
+        "64",
+        "--data.max_eval_samples",
+        "32",
+        "--data.max_length",
+        "16",
+        "--teacher.fine_tune",
+        "false",
+    ]
     assert main(["teacher", "--teacher.model", tiny_teacher_dir, *out]) == 0
     capsys.readouterr()
     err = _error(capsys, "student", "--teacher.model", tiny_teacher_dir, "--student.layers", "[0, 9]", *out)
@@ -159,6 +221,15 @@ def test_layer_list_out_of_range_and_foreign_tokenizer(tmp_path, capsys, tiny_te
     other = tmp_path / "other-student"
     make_tiny_bert().save_pretrained(other)
     BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(other)
-    err = _error(capsys, "student", "--teacher.model", tiny_teacher_dir, "--student.init", "pretrained",
-                 "--student.pretrained", str(other), *out)
+    err = _error(
+        capsys,
+        "student",
+        "--teacher.model",
+        tiny_teacher_dir,
+        "--student.init",
+        "pretrained",
+        "--student.pretrained",
+        str(other),
+        *out,
+    )
     assert "vocabular" in err.lower()

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from distil.cli import build_parser, _config_from_args
+from distil.cli import _config_from_args, build_parser
 from distil.config import ConfigError, DataConfig, LossConfig, RunConfig, from_dict, load_config
 from distil.errors import DistilError
 
@@ -13,12 +13,16 @@ def test_embedded_default_is_valid():
     assert cfg.data.source == "rotten-tomatoes"
     assert cfg.teacher.train.epochs == 2.0 and cfg.distill.epochs == 2.0
     assert cfg.data.resolved_extra_test_sets == ["vader-tweets", "vader-amazon", "vader-nyt"]
-    assert load_config(str(Path(__file__).parents[1] / "configs/default.yaml")) == cfg  # the shipped file spells out the embedded default
+    assert (
+        load_config(str(Path(__file__).parents[1] / "configs/default.yaml")) == cfg
+    )  # the shipped file spells out the embedded default
 
 
 def test_yaml_keys_map_onto_fields(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("data:\n  source: bbc-news\n  max_length: 128\nteacher:\n  train:\n    epochs: 1\nloss:\n  alpha: 0.3\n")
+    path.write_text(
+        "data:\n  source: bbc-news\n  max_length: 128\nteacher:\n  train:\n    epochs: 1\nloss:\n  alpha: 0.3\n"
+    )
     cfg = load_config(str(path))
     assert cfg.data.source == "bbc-news" and cfg.data.max_length == 128
     assert cfg.teacher.train.epochs == 1.0 and isinstance(cfg.teacher.train.epochs, float)
@@ -56,8 +60,20 @@ def test_post_init_names_field():
 def test_cli_flags_override_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("loss:\n  alpha: 0.3\nstudent:\n  layers: [0, 2]\n")
-    args = build_parser().parse_args(["run", str(path), "--loss.alpha", "0.7", "--student.layers", "[1, 3]",
-                                      "--teacher.fine_tune", "false", "--output_dir", "x"])
+    args = build_parser().parse_args(
+        [
+            "run",
+            str(path),
+            "--loss.alpha",
+            "0.7",
+            "--student.layers",
+            "[1, 3]",
+            "--teacher.fine_tune",
+            "false",
+            "--output_dir",
+            "x",
+        ]
+    )
     cfg = _config_from_args(args)
     assert cfg.loss.alpha == 0.7 and cfg.student.layers == [1, 3] and cfg.teacher.fine_tune is False
     assert cfg.output_dir == "x"
@@ -77,5 +93,5 @@ def test_unknown_recipe_or_file():
 def test_shipped_example_configs_load():
     from pathlib import Path
 
-    for path in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):  # noqa: E501
+    for path in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
         load_config(str(path))

@@ -23,15 +23,23 @@ def datasets(tokenizer):
         words = rng.choice(good if label else bad, size=3).tolist()
         rows.append({"text": f"the film was {' and '.join(words)}", "label": label})
     frame = pd.DataFrame(rows)
-    return to_dataset(frame.iloc[:64], tokenizer, 32), to_dataset(frame.iloc[64:].reset_index(drop=True), tokenizer, 32)
+    return to_dataset(frame.iloc[:64], tokenizer, 32), to_dataset(
+        frame.iloc[64:].reset_index(drop=True), tokenizer, 32
+    )
 
 
 def _trainer(model, train, valid, tmp_path, tokenizer, distiller=None, epochs=1.0, lr=1e-3):
     cfg = TrainConfig(epochs=epochs, learning_rate=lr, batch_size=16, bf16=False, logging_steps=1, warmup_ratio=0.0)
     args = training_arguments(cfg, tmp_path / "work", seed=0, num_train_rows=len(train))
     args.report_to = []
-    return DistillationTrainer(model=model, args=args, train_dataset=train, eval_dataset=valid,
-                               data_collator=PadCollator(tokenizer.pad_token_id), distiller=distiller)
+    return DistillationTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=valid,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        distiller=distiller,
+    )
 
 
 def test_cached_distiller_matches_kd_objective_and_never_runs_teacher(tiny_bert, tokenizer, datasets, tmp_path):
@@ -41,8 +49,9 @@ def test_cached_distiller_matches_kd_objective_and_never_runs_teacher(tiny_bert,
     student_logits = torch.randn(4, 2, requires_grad=True)
     idx, labels = torch.tensor([3, 0, 7, 1]), torch.tensor([1, 0, 1, 1])
     loss, parts = distiller(student_logits, labels, {}, idx)
-    expected, _ = kd_objective(student_logits, torch.from_numpy(np.asarray(soft.logits)[[3, 0, 7, 1]]), labels,
-                               alpha=0.3, kd_temperature=3.0)
+    expected, _ = kd_objective(
+        student_logits, torch.from_numpy(np.asarray(soft.logits)[[3, 0, 7, 1]]), labels, alpha=0.3, kd_temperature=3.0
+    )
     assert torch.allclose(loss, expected) and set(parts) == {"ce", "kd"}
     assert distiller.teacher is None
 
@@ -76,8 +85,15 @@ def test_lstm_student_learns_from_tiny_bert_teacher(make_tiny_bert, tokenizer, d
     collate = PadCollator(tokenizer.pad_token_id)
     soft = soft_labels_for(teacher, tokenizer, train, collate, tmp_path / "cache", max_length=32, bf16=False)
     torch.manual_seed(0)
-    student = LSTMClassifier(LSTMConfig(vocab_size=len(tokenizer), embedding_dim=32, hidden_size=32, num_labels=2,
-                                        pad_token_id=tokenizer.pad_token_id))
+    student = LSTMClassifier(
+        LSTMConfig(
+            vocab_size=len(tokenizer),
+            embedding_dim=32,
+            hidden_size=32,
+            num_labels=2,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
 
     def kl_to_teacher():
         batch = collate([train[i] for i in range(len(train))])
@@ -89,9 +105,16 @@ def test_lstm_student_learns_from_tiny_bert_teacher(make_tiny_bert, tokenizer, d
         return F.kl_div(s, t, reduction="batchmean").item()
 
     before = kl_to_teacher()
-    trainer = _trainer(student, train, valid, tmp_path, tokenizer,
-                       distiller=Distiller(LossConfig(alpha=0.0, kd_temperature=1.0), soft_labels=soft), epochs=6,
-                       lr=5e-3)
+    trainer = _trainer(
+        student,
+        train,
+        valid,
+        tmp_path,
+        tokenizer,
+        distiller=Distiller(LossConfig(alpha=0.0, kd_temperature=1.0), soft_labels=soft),
+        epochs=6,
+        lr=5e-3,
+    )
     trainer.train()
     after = kl_to_teacher()
     assert after < 0.5 * before, (before, after)

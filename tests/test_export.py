@@ -1,4 +1,4 @@
-"""Export: ONNX matches PyTorch at several batch sizes and lengths, int8 is smaller and close, failures leave nothing."""
+"""Export: ONNX matches PyTorch at several shapes; int8 is smaller and close; failures leave nothing."""
 
 from __future__ import annotations
 

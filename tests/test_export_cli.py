@@ -1,4 +1,4 @@
-"""`export_main`: every variant exported, each scored on the run's test split, the table printed; bad inputs refused."""
+"""`export_main`: every variant exported and scored on the run's test split, the table printed; bad input refused."""
 
 from __future__ import annotations
 

@@ -19,12 +19,41 @@ def tiny_teacher(tmp_path_factory, tokenizer):
 
 
 def _args(teacher, out, *extra):
-    return ["run", "tinybert", "--teacher.model", teacher, "--output_dir", str(out), "--cache_dir",
-            str(out.parent / "cache"), "--data.max_train_samples", "96", "--data.max_eval_samples", "32",
-            "--data.max_length", "24", "--data.extra_test_sets", "[]", "--teacher.train.epochs", "1",
-            "--student.hidden_size", "32", "--student.num_attention_heads", "4", "--student.intermediate_size", "64",
-            "--general_data.max_rows", "96", "--augment.num_variants", "2", "--eval.latency_repeats", "1",
-            "--eval.latency_batch_sizes", "[1]", *extra]
+    return [
+        "run",
+        "tinybert",
+        "--teacher.model",
+        teacher,
+        "--output_dir",
+        str(out),
+        "--cache_dir",
+        str(out.parent / "cache"),
+        "--data.max_train_samples",
+        "96",
+        "--data.max_eval_samples",
+        "32",
+        "--data.max_length",
+        "24",
+        "--data.extra_test_sets",
+        "[]",
+        "--teacher.train.epochs",
+        "1",
+        "--student.hidden_size",
+        "32",
+        "--student.num_attention_heads",
+        "4",
+        "--student.intermediate_size",
+        "64",
+        "--general_data.max_rows",
+        "96",
+        "--augment.num_variants",
+        "2",
+        "--eval.latency_repeats",
+        "1",
+        "--eval.latency_batch_sizes",
+        "[1]",
+        *extra,
+    ]
 
 
 def test_tinybert_recipe_runs_every_stage(tiny_teacher, tmp_path, capsys):
@@ -58,8 +87,12 @@ def test_tinybert_recipe_runs_every_stage(tiny_teacher, tmp_path, capsys):
 
 def test_skip_stages_and_no_augmentation(tiny_teacher, tmp_path):
     out = tmp_path / "run"
-    assert main(_args(tiny_teacher, out, "--skip_stages", "[general]", "--augment.enabled", "false",
-                      "--baseline", "false")) == 0
+    assert (
+        main(
+            _args(tiny_teacher, out, "--skip_stages", "[general]", "--augment.enabled", "false", "--baseline", "false")
+        )
+        == 0
+    )
     history = json.loads((out / "student" / "training_history.json").read_text())
     assert [s["name"] for s in history["stages"]] == ["task-intermediate", "task-prediction"]
     assert all(s["data"] == "train" for s in history["stages"])
@@ -67,8 +100,21 @@ def test_skip_stages_and_no_augmentation(tiny_teacher, tmp_path):
 
 
 def test_unknown_skip_stage_is_refused(capsys, tmp_path):
-    assert main(["run", "tinybert", "--skip_stages", "[genral]", "--output_dir", str(tmp_path / "o"),
-                 "--data.max_train_samples", "10"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "tinybert",
+                "--skip_stages",
+                "[genral]",
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--data.max_train_samples",
+                "10",
+            ]
+        )
+        == 2
+    )
     assert "skip_stages: no stage named 'genral'" in capsys.readouterr().err
 
 

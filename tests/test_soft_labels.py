@@ -14,8 +14,9 @@ def train_ds(tokenizer):
 
 
 def _soft(teacher, tokenizer, ds, cache):
-    return soft_labels_for(teacher, tokenizer, ds, PadCollator(tokenizer.pad_token_id), cache, max_length=32,
-                           batch_size=16, bf16=False)
+    return soft_labels_for(
+        teacher, tokenizer, ds, PadCollator(tokenizer.pad_token_id), cache, max_length=32, batch_size=16, bf16=False
+    )
 
 
 class CountingTeacher(torch.nn.Module):

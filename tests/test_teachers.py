@@ -22,26 +22,28 @@ def _softmax(x):
 def test_mean_logits_is_the_weighted_mean():
     a, b = _logits(0), _logits(1)
     np.testing.assert_allclose(combine_soft_labels([a, b], how="mean_logits"), (a + b) / 2, rtol=1e-6)
-    np.testing.assert_allclose(combine_soft_labels([a, b], [1, 3], how="mean_logits"), 0.25 * a + 0.75 * b,
-                               rtol=1e-6)
+    np.testing.assert_allclose(combine_soft_labels([a, b], [1, 3], how="mean_logits"), 0.25 * a + 0.75 * b, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kd_temperature", [1.0, 2.0, 4.0])
 def test_mean_probs_is_the_mixture_at_the_temperature(kd_temperature):
     a, b, c = _logits(0), _logits(1), _logits(2)
     out = combine_soft_labels([a, b, c], [2, 1, 1], how="mean_probs", kd_temperature=kd_temperature)
-    expected = (0.5 * _softmax(a / kd_temperature) + 0.25 * _softmax(b / kd_temperature)
-                + 0.25 * _softmax(c / kd_temperature))
+    expected = (
+        0.5 * _softmax(a / kd_temperature) + 0.25 * _softmax(b / kd_temperature) + 0.25 * _softmax(c / kd_temperature)
+    )
     np.testing.assert_allclose(_softmax(out / kd_temperature), expected, atol=1e-6)
     assert out.dtype == np.float32 and out.shape == (6, 3)
 
 
 def test_weights_are_normalised_and_zero_drops_a_teacher():
     a, b = _logits(0), _logits(1)
-    np.testing.assert_allclose(combine_soft_labels([a, b], [2, 6]), combine_soft_labels([a, b], [0.25, 0.75]),
-                               rtol=1e-6)
-    np.testing.assert_allclose(_softmax(combine_soft_labels([a, b], [1, 0], kd_temperature=2.0) / 2.0),
-                               _softmax(a / 2.0), atol=1e-6)
+    np.testing.assert_allclose(
+        combine_soft_labels([a, b], [2, 6]), combine_soft_labels([a, b], [0.25, 0.75]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        _softmax(combine_soft_labels([a, b], [1, 0], kd_temperature=2.0) / 2.0), _softmax(a / 2.0), atol=1e-6
+    )
     np.testing.assert_allclose(combine_soft_labels([a]), a - np.log(np.exp(a).sum(-1, keepdims=True)), atol=1e-5)
 
 
@@ -65,8 +67,12 @@ def test_mismatches_and_bad_settings_are_refused():
 
 @pytest.fixture
 def data(tokenizer):
-    frame = pd.DataFrame({"text": [f"review {i}: {'great' if i % 2 else 'dull'} film" for i in range(10)],
-                          "label": [i % 2 for i in range(10)]})
+    frame = pd.DataFrame(
+        {
+            "text": [f"review {i}: {'great' if i % 2 else 'dull'} film" for i in range(10)],
+            "label": [i % 2 for i in range(10)],
+        }
+    )
     return to_dataset(frame, tokenizer, 16), PadCollator(tokenizer.pad_token_id)
 
 
@@ -106,9 +112,25 @@ def test_two_teachers_have_separate_cache_entries(tokenizer, data, make_tiny_ber
 def test_teachers_of_different_tasks_are_refused(tokenizer, data, make_tiny_bert, tmp_path):
     dataset, collator = data
     with pytest.raises(DistilError, match="teacher 1 has 3 labels but teacher 0 has 2"):
-        multi_teacher_soft_labels([make_tiny_bert(), make_tiny_bert(num_labels=3)], None, tokenizer, dataset,
-                                  collator, tmp_path, max_length=16, bf16=False)
+        multi_teacher_soft_labels(
+            [make_tiny_bert(), make_tiny_bert(num_labels=3)],
+            None,
+            tokenizer,
+            dataset,
+            collator,
+            tmp_path,
+            max_length=16,
+            bf16=False,
+        )
     assert not (tmp_path / "soft_labels").exists()  # refused before any teacher ran
     with pytest.raises(DistilError, match="dataset has 5 rows but teacher 0's has 10"):
-        multi_teacher_soft_labels([make_tiny_bert(), make_tiny_bert()], None, tokenizer,
-                                  [dataset, dataset.select(range(5))], collator, tmp_path, max_length=16, bf16=False)
+        multi_teacher_soft_labels(
+            [make_tiny_bert(), make_tiny_bert()],
+            None,
+            tokenizer,
+            [dataset, dataset.select(range(5))],
+            collator,
+            tmp_path,
+            max_length=16,
+            bf16=False,
+        )

@@ -30,8 +30,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration (YAML keys; dotted paths)")
     for key, tp, help_text in flag_specs():
         if tp is bool:  # `--overwrite` alone means true; `--overwrite false` also works
-            group.add_argument(f"--{key}", dest=f"cfg:{key}", default=None, nargs="?", const="true",
-                               metavar="BOOL", help=help_text)
+            group.add_argument(
+                f"--{key}", dest=f"cfg:{key}", default=None, nargs="?", const="true", metavar="BOOL", help=help_text
+            )
         else:
             group.add_argument(f"--{key}", dest=f"cfg:{key}", default=None, metavar="V", help=help_text)
 
@@ -43,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_config_flags(p)
         if name == "student":
-            p.add_argument("--live-teacher", action="store_true",
-                           help="run the teacher every step instead of using cached soft labels")
+            p.add_argument(
+                "--live-teacher",
+                action="store_true",
+                help="run the teacher every step instead of using cached soft labels",
+            )
     p = sub.add_parser("inspect", help="pre-flight: teacher and student side by side, layer map, which losses can run")
     p.add_argument("teacher", help="teacher model directory or hub name")
     p.add_argument("student", help="student model directory or hub name")

@@ -80,8 +80,12 @@ class DataConfig:
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             _check(value is None or value >= 1, key, value, "null or an int >= 1")
-        _check(self.labels is None or len(set(self.labels)) == len(self.labels) >= 2, "labels", self.labels,
-               "null or at least two distinct label names")
+        _check(
+            self.labels is None or len(set(self.labels)) == len(self.labels) >= 2,
+            "labels",
+            self.labels,
+            "null or at least two distinct label names",
+        )
 
 
 @dataclass
@@ -147,9 +151,14 @@ class TeacherConfig:
     def __post_init__(self):
         _check(bool(self.model), "model", self.model, "a path or hub name")
         if self.weights is not None:
-            _check(len(self.weights) == 1 + len(self.additional) and all(w >= 0 for w in self.weights)
-                   and sum(self.weights) > 0, "weights", self.weights,
-                   f"{1 + len(self.additional)} non-negative numbers (main teacher first), not all 0")
+            _check(
+                len(self.weights) == 1 + len(self.additional)
+                and all(w >= 0 for w in self.weights)
+                and sum(self.weights) > 0,
+                "weights",
+                self.weights,
+                f"{1 + len(self.additional)} non-negative numbers (main teacher first), not all 0",
+            )
         _check(self.soft_label_batch_size >= 1, "soft_label_batch_size", self.soft_label_batch_size, "an int >= 1")
 
 
@@ -183,8 +192,12 @@ class StudentConfig:
 
     def __post_init__(self):
         if isinstance(self.layers, str):
-            _check(self.layers in ("every-other", "uniform", "first-k", "last-k"), "layers", self.layers,
-                   "every-other, uniform, first-k, last-k or a list of layer indices")
+            _check(
+                self.layers in ("every-other", "uniform", "first-k", "last-k"),
+                "layers",
+                self.layers,
+                "every-other, uniform, first-k, last-k or a list of layer indices",
+            )
         for key in ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
             value = getattr(self, key)
             _check(value is None or value >= 1, key, value, "null or an int >= 1")
@@ -196,9 +209,18 @@ class StudentConfig:
             _check(getattr(self, key) >= 1, key, getattr(self, key), "an int >= 1")
 
 
-FEATURE_WEIGHTS = ("embedding_weight", "hidden_weight", "hidden_cosine_weight", "attention_weight",
-                   "attention_kl_weight", "minilm_attention_weight", "minilm_value_weight", "rkd_distance_weight",
-                   "rkd_angle_weight", "mlm_weight")
+FEATURE_WEIGHTS = (
+    "embedding_weight",
+    "hidden_weight",
+    "hidden_cosine_weight",
+    "attention_weight",
+    "attention_kl_weight",
+    "minilm_attention_weight",
+    "minilm_value_weight",
+    "rkd_distance_weight",
+    "rkd_angle_weight",
+    "mlm_weight",
+)
 
 
 @dataclass
@@ -246,13 +268,25 @@ class LossConfig:
         _check(0.0 < self.kd_temperature <= 100.0, "kd_temperature", self.kd_temperature, "a number in (0, 100]")
         for key in ("logits_weight", *FEATURE_WEIGHTS):
             _check(getattr(self, key) >= 0, key, getattr(self, key), "a number >= 0")
-        _check(self.minilm_relation_heads is None or self.minilm_relation_heads >= 1, "minilm_relation_heads",
-               self.minilm_relation_heads, "null or an int >= 1")
+        _check(
+            self.minilm_relation_heads is None or self.minilm_relation_heads >= 1,
+            "minilm_relation_heads",
+            self.minilm_relation_heads,
+            "null or an int >= 1",
+        )
         if isinstance(self.layer_map, str):
-            _check(self.layer_map in ("uniform", "last-k"), "layer_map", self.layer_map,
-                   "uniform, last-k or a list with one teacher layer per student layer")
-        _check(self.logits_weight > 0 or self.uses_features, "logits_weight", self.logits_weight,
-               "> 0 unless some feature weight is > 0 (otherwise nothing is learned)")
+            _check(
+                self.layer_map in ("uniform", "last-k"),
+                "layer_map",
+                self.layer_map,
+                "uniform, last-k or a list with one teacher layer per student layer",
+            )
+        _check(
+            self.logits_weight > 0 or self.uses_features,
+            "logits_weight",
+            self.logits_weight,
+            "> 0 unless some feature weight is > 0 (otherwise nothing is learned)",
+        )
 
     @property
     def uses_features(self) -> bool:
@@ -278,8 +312,12 @@ class StageConfig:
     def __post_init__(self):
         _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
         if self.data == "general":
-            _check(self.loss.logits_weight == 0 and self.loss.uses_features, "loss.logits_weight",
-                   self.loss.logits_weight, "0 with some feature weight > 0 in a general stage (no labels)")
+            _check(
+                self.loss.logits_weight == 0 and self.loss.uses_features,
+                "loss.logits_weight",
+                self.loss.logits_weight,
+                "0 with some feature weight > 0 in a general stage (no labels)",
+            )
             _check(not self.augment, "augment", self.augment, "false in a general stage")
 
 
@@ -325,10 +363,18 @@ class AugmentationConfig:
         _check(self.num_variants >= 1, "num_variants", self.num_variants, "an int >= 1")
         _check(0 < self.replace_prob <= 1, "replace_prob", self.replace_prob, "a number in (0, 1]")
         _check(self.top_k >= 1, "top_k", self.top_k, "an int >= 1")
-        _check(self.method == "embedding" or bool(self.mlm_model), "mlm_model", self.mlm_model,
-               "a masked-LM path when method is mlm")
-        _check(self.max_source_rows is None or self.max_source_rows >= 1, "max_source_rows", self.max_source_rows,
-               "null or an int >= 1")
+        _check(
+            self.method == "embedding" or bool(self.mlm_model),
+            "mlm_model",
+            self.mlm_model,
+            "a masked-LM path when method is mlm",
+        )
+        _check(
+            self.max_source_rows is None or self.max_source_rows >= 1,
+            "max_source_rows",
+            self.max_source_rows,
+            "null or an int >= 1",
+        )
 
 
 @dataclass
@@ -343,8 +389,12 @@ class EvalConfig:
     """Timed forwards per measurement (the median is reported, after warm-up)."""
 
     def __post_init__(self):
-        _check(len(self.latency_batch_sizes) >= 1 and all(b >= 1 for b in self.latency_batch_sizes),
-               "latency_batch_sizes", self.latency_batch_sizes, "a non-empty list of ints >= 1")
+        _check(
+            len(self.latency_batch_sizes) >= 1 and all(b >= 1 for b in self.latency_batch_sizes),
+            "latency_batch_sizes",
+            self.latency_batch_sizes,
+            "a non-empty list of ints >= 1",
+        )
         _check(self.latency_seq_length >= 2, "latency_seq_length", self.latency_seq_length, "an int >= 2")
         _check(self.latency_repeats >= 1, "latency_repeats", self.latency_repeats, "an int >= 1")
 
@@ -397,7 +447,9 @@ def _type_name(tp: Any) -> str:
         return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
     if origin is list:
         return f"a list of {_type_name(get_args(tp)[0])}"
-    return {int: "an int", float: "a number", str: "a string", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {int: "an int", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -420,7 +472,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(key, value, _type_name(tp))
         item = get_args(tp)[0]
-        return [_coerce(v, item, f"{key}[{i}]" if dataclasses.is_dataclass(item) else key) for i, v in enumerate(value)]
+        return [
+            _coerce(v, item, f"{key}[{i}]" if dataclasses.is_dataclass(item) else key) for i, v in enumerate(value)
+        ]
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, prefix=key)
     if tp is bool:
@@ -541,7 +595,9 @@ def parse_flag_value(key: str, raw: str, tp: Any) -> Any:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
-    if tp is str or (get_origin(tp) in (Union, types.UnionType) and str in get_args(tp) and not isinstance(value, list)):
+    if tp is str or (
+        get_origin(tp) in (Union, types.UnionType) and str in get_args(tp) and not isinstance(value, list)
+    ):
         if value is not None and not isinstance(value, str):
             value = raw
     return value

@@ -62,14 +62,26 @@ class Distiller(nn.Module):
         with torch.inference_mode():
             return logits_of(self.teacher(**inputs)).float()
 
-    def forward(self, student_logits: torch.Tensor, labels: torch.Tensor | None, inputs: dict[str, torch.Tensor],
-                idx: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        labels: torch.Tensor | None,
+        inputs: dict[str, torch.Tensor],
+        idx: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         teacher = self.teacher_logits(inputs, idx).to(student_logits.device)  # (B, C)
-        return kd_objective(student_logits.float(), teacher, labels, alpha=self.loss_cfg.alpha,
-                            kd_temperature=self.loss_cfg.kd_temperature, soft_loss=self.loss_cfg.soft_loss)
+        return kd_objective(
+            student_logits.float(),
+            teacher,
+            labels,
+            alpha=self.loss_cfg.alpha,
+            kd_temperature=self.loss_cfg.kd_temperature,
+            soft_loss=self.loss_cfg.soft_loss,
+        )
 
-    def compute(self, model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
-                idx: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def compute(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None, idx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Run the student on ``inputs`` and return (loss, parts, student logits).
 
         This is the one method the trainer calls; a distiller that needs the student's inner features
@@ -137,7 +149,8 @@ class DistillationTrainer(Trainer):
             parts = {"ce": loss}
         if not torch.isfinite(loss):
             raise DistilError(
-                f"training loss is {loss.item()} at step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.2f}; "
+                f"training loss is {loss.item()} at step {self.state.global_step + 1} "
+                f"(epoch {self.state.epoch or 0:.2f}; "
                 f"parts: {', '.join(f'{k}={v.item():.4g}' for k, v in parts.items())}); lower the learning rate or "
                 f"check the data and teacher"
             )
@@ -172,12 +185,15 @@ def classification_metrics(pred: np.ndarray, gold: np.ndarray, num_labels: int |
         fp, fn = np.sum((pred == c) & (gold != c)), np.sum((pred != c) & (gold == c))
         if tp + fp + fn > 0:
             f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": float(np.mean(pred == gold)) if len(gold) else 0.0,
-            "macro_f1": float(np.mean(f1s)) if f1s else 0.0}
+    return {
+        "accuracy": float(np.mean(pred == gold)) if len(gold) else 0.0,
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+    }
 
 
-def training_arguments(cfg: TrainConfig, work_dir: Path, seed: int, num_train_rows: int,
-                       evaluate: bool = True) -> TrainingArguments:
+def training_arguments(
+    cfg: TrainConfig, work_dir: Path, seed: int, num_train_rows: int, evaluate: bool = True
+) -> TrainingArguments:
     """TrainingArguments for one stage: evaluate and checkpoint each epoch (or every save_steps), keep the best.
 
     With ``evaluate=False`` (stages without a trained classifier: general or intermediate-layer distillation)

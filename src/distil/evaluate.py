@@ -20,7 +20,7 @@ def predict_logits(model, dataset, collator, batch_size: int = 64, desc: str = "
     order = np.argsort(-np.asarray(dataset["length"]), kind="stable")
     out = None
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         batch = collator([dataset[int(i)] for i in rows])
         idx = batch.pop("idx")
         batch.pop("labels", None)
@@ -43,8 +43,10 @@ def size_on_disk(model_dir: str | Path) -> int:
 
 def _dummy_batch(vocab_size: int, batch: int, seq_len: int, takes_token_types: bool) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    inputs = {"input_ids": torch.randint(1000, min(vocab_size, 20000), (batch, seq_len), generator=g),  # (B, L)
-              "attention_mask": torch.ones(batch, seq_len, dtype=torch.long)}
+    inputs = {
+        "input_ids": torch.randint(1000, min(vocab_size, 20000), (batch, seq_len), generator=g),  # (B, L)
+        "attention_mask": torch.ones(batch, seq_len, dtype=torch.long),
+    }
     if takes_token_types:
         inputs["token_type_ids"] = torch.zeros(batch, seq_len, dtype=torch.long)
     return inputs
@@ -62,8 +64,9 @@ def _time_once(model, inputs: dict, repeats: int) -> float:
     return statistics.median(times) * 1000.0
 
 
-def latency_table(models: dict[str, torch.nn.Module], batch_sizes: list[int], seq_len: int, repeats: int,
-                  rounds: int = 3) -> dict[str, dict[int, float]]:
+def latency_table(
+    models: dict[str, torch.nn.Module], batch_sizes: list[int], seq_len: int, repeats: int, rounds: int = 3
+) -> dict[str, dict[int, float]]:
     """Median CPU latency (ms) of each model at each batch size, fp32, inference_mode.
 
     The models are timed interleaved (A B C, A B C, ...) for ``rounds`` rounds and the median of the

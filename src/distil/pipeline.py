@@ -71,8 +71,10 @@ class Context:
             self.datasets[name] = to_dataset(frame, self.tokenizer, max_len)
         skipped = {k: v for k, v in self.data.skipped_empty.items() if v}
         sizes = ", ".join(f"{k} {len(v)}" for k, v in self.data.splits.items())
-        print(f"data: {self.cfg.data.source}: {sizes}; labels {self.data.label_names}"
-              + (f"; skipped empty rows: {skipped}" if skipped else ""))
+        print(
+            f"data: {self.cfg.data.source}: {sizes}; labels {self.data.label_names}"
+            + (f"; skipped empty rows: {skipped}" if skipped else "")
+        )
 
 
 def check_output_dir(cfg: RunConfig, resume: bool, stage: str | None = None) -> None:
@@ -86,18 +88,23 @@ def check_output_dir(cfg: RunConfig, resume: bool, stage: str | None = None) -> 
             raise DistilError(f"output_dir '{out}' already holds a finished {stage}; pass --overwrite to replace it")
         return
     if (out / "report.json").is_file() and not resume:
-        raise DistilError(f"output_dir '{out}' already holds a finished run; pass --overwrite to replace it "
-                          f"or choose another --output_dir")
+        raise DistilError(
+            f"output_dir '{out}' already holds a finished run; pass --overwrite to replace it "
+            f"or choose another --output_dir"
+        )
     if out.exists() and any(out.iterdir()) and not resume:
-        raise DistilError(f"output_dir '{out}' holds an unfinished run; pass --resume to continue it or "
-                          f"--overwrite to start over")
+        raise DistilError(
+            f"output_dir '{out}' holds an unfinished run; pass --resume to continue it or --overwrite to start over"
+        )
 
 
 def write_config(ctx: Context) -> None:
     write_text(ctx.out / "config.yaml", dump_yaml(ctx.cfg))
 
 
-def _fit(ctx: Context, stage: str, model, train_cfg, distiller=None, train_dataset=None, evaluate: bool = True) -> dict:
+def _fit(
+    ctx: Context, stage: str, model, train_cfg, distiller=None, train_dataset=None, evaluate: bool = True
+) -> dict:
     """Train ``model`` with the Trainer (resuming from the stage's last checkpoint), keep the best on validation."""
     from distil.feature_distill import DistillerCheckpointCallback, load_distiller_state
 
@@ -108,9 +115,15 @@ def _fit(ctx: Context, stage: str, model, train_cfg, distiller=None, train_datas
     args = training_arguments(train_cfg, work, ctx.cfg.seed, len(train_dataset), evaluate=evaluate)
     callbacks = list(ctx.callbacks) + ([DistillerCheckpointCallback(distiller)] if distiller is not None else [])
     trainer = DistillationTrainer(
-        model=model, args=args, train_dataset=train_dataset, eval_dataset=ctx.datasets["validation"],
-        data_collator=ctx.collator(), compute_metrics=accuracy_metrics, distiller=distiller,
-        group_by_length=train_cfg.group_by_length, callbacks=callbacks,
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=ctx.datasets["validation"],
+        data_collator=ctx.collator(),
+        compute_metrics=accuracy_metrics,
+        distiller=distiller,
+        group_by_length=train_cfg.group_by_length,
+        callbacks=callbacks,
     )
     checkpoints = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if work.exists() else []
     resume_from = str(checkpoints[-1]) if ctx.resume and checkpoints else None
@@ -122,9 +135,15 @@ def _fit(ctx: Context, stage: str, model, train_cfg, distiller=None, train_datas
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
     best = trainer.evaluate()
-    return {"train_seconds": seconds, "train_steps": result.global_step, "train_rows": len(train_dataset),
-            "best_validation": best, "best_checkpoint": trainer.state.best_model_checkpoint,
-            "log_history": trainer.state.log_history, "resumed_from": resume_from}
+    return {
+        "train_seconds": seconds,
+        "train_steps": result.global_step,
+        "train_rows": len(train_dataset),
+        "best_validation": best,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "log_history": trainer.state.log_history,
+        "resumed_from": resume_from,
+    }
 
 
 def _save_model(ctx: Context, stage: str, model, history: dict) -> Path:
@@ -139,8 +158,12 @@ def run_teacher(ctx: Context) -> Path:
     """Stage 1: load the teacher; fine-tune it on the task unless it is used as is; save it to teacher/."""
     cfg, data = ctx.cfg, ctx.data
     set_seed(cfg.seed)
-    teacher = load_classifier(resolve_model(cfg.teacher.model), num_labels=len(data.label_names),
-                              id2label=data.id2label, label2id=data.label2id)
+    teacher = load_classifier(
+        resolve_model(cfg.teacher.model),
+        num_labels=len(data.label_names),
+        id2label=data.id2label,
+        label2id=data.label2id,
+    )
     history: dict = {"source": cfg.teacher.model, "fine_tuned": cfg.teacher.fine_tune}
     if cfg.teacher.fine_tune:
         history.update(_fit(ctx, "teacher", teacher, cfg.teacher.train))
@@ -150,8 +173,9 @@ def run_teacher(ctx: Context) -> Path:
 
 def load_stage_model(ctx: Context, stage: str):
     if not ctx.done(stage):
-        raise DistilError(f"stage '{stage}' has not run in output_dir '{ctx.out}'; run `distil {stage}` "
-                          f"(or `distil run`) first")
+        raise DistilError(
+            f"stage '{stage}' has not run in output_dir '{ctx.out}'; run `distil {stage}` (or `distil run`) first"
+        )
     return load_classifier(str(ctx.stage_dir(stage))).eval()
 
 
@@ -161,24 +185,41 @@ def run_soft_labels(ctx: Context, teacher=None, dataset_name: str = "train", kd_
     cfg = ctx.cfg
     teacher = teacher if teacher is not None else load_stage_model(ctx, "teacher")
     dataset = ctx.datasets[dataset_name]
-    common = dict(max_length=cfg.data.max_length, batch_size=cfg.teacher.soft_label_batch_size,
-                  bf16=cfg.teacher.train.bf16)
+    common = dict(
+        max_length=cfg.data.max_length, batch_size=cfg.teacher.soft_label_batch_size, bf16=cfg.teacher.train.bf16
+    )
     start = time.perf_counter()
     if cfg.teacher.additional:
         from distil.teachers import multi_teacher_soft_labels
 
         others = [load_classifier(resolve_model(p)).eval() for p in cfg.teacher.additional]
-        soft = multi_teacher_soft_labels([teacher, *others], cfg.teacher.weights, ctx.tokenizer, dataset,
-                                         ctx.collator(), cfg.cache_path, how=cfg.teacher.combine,
-                                         kd_temperature=kd_temperature or cfg.loss.kd_temperature, **common)
+        soft = multi_teacher_soft_labels(
+            [teacher, *others],
+            cfg.teacher.weights,
+            ctx.tokenizer,
+            dataset,
+            ctx.collator(),
+            cfg.cache_path,
+            how=cfg.teacher.combine,
+            kd_temperature=kd_temperature or cfg.loss.kd_temperature,
+            **common,
+        )
     else:
         soft = soft_labels_for(teacher, ctx.tokenizer, dataset, ctx.collator(), cfg.cache_path, **common)
     seconds = time.perf_counter() - start
     ctx.timings[f"soft_labels:{dataset_name}"] = seconds
-    write_json(ctx.out / "soft_labels.json", {"fingerprint": soft.fingerprint, "status": soft.status,
-                                              "path": str(soft.path), "shape": list(soft.logits.shape),
-                                              "rows": dataset_name, "seconds": round(seconds, 2),
-                                              "teachers": 1 + len(cfg.teacher.additional)})
+    write_json(
+        ctx.out / "soft_labels.json",
+        {
+            "fingerprint": soft.fingerprint,
+            "status": soft.status,
+            "path": str(soft.path),
+            "shape": list(soft.logits.shape),
+            "rows": dataset_name,
+            "seconds": round(seconds, 2),
+            "teachers": 1 + len(cfg.teacher.additional),
+        },
+    )
     print(f"soft labels: {soft.status} {soft.path} {tuple(soft.logits.shape)} in {seconds:.1f}s")
     return soft
 
@@ -192,22 +233,33 @@ def build_student(ctx: Context, teacher) -> torch.nn.Module:
         layers = select_layers(s.layers, n, s.num_layers)
         student = student_from_teacher(teacher, layers)
     elif s.init == "config":
-        student = student_from_config(teacher.config, num_hidden_layers=s.num_layers,
-                                      hidden_size=s.hidden_size or teacher.config.hidden_size,
-                                      num_attention_heads=s.num_attention_heads or teacher.config.num_attention_heads,
-                                      intermediate_size=s.intermediate_size or 4 * (s.hidden_size or
-                                                                                    teacher.config.hidden_size),
-                                      num_labels=len(data.label_names))
+        student = student_from_config(
+            teacher.config,
+            num_hidden_layers=s.num_layers,
+            hidden_size=s.hidden_size or teacher.config.hidden_size,
+            num_attention_heads=s.num_attention_heads or teacher.config.num_attention_heads,
+            intermediate_size=s.intermediate_size or 4 * (s.hidden_size or teacher.config.hidden_size),
+            num_labels=len(data.label_names),
+        )
     elif s.init == "pretrained":
         path = resolve_model(s.pretrained)
         check_same_vocabulary(ctx.tokenizer, load_tokenizer(path), allow_different=s.allow_different_vocab)
-        student = load_classifier(path, num_labels=len(data.label_names), id2label=data.id2label,
-                                  label2id=data.label2id)
+        student = load_classifier(
+            path, num_labels=len(data.label_names), id2label=data.id2label, label2id=data.label2id
+        )
     else:
-        student = LSTMClassifier(LSTMConfig(
-            vocab_size=len(ctx.tokenizer), embedding_dim=s.lstm_embedding_dim, hidden_size=s.lstm_hidden_size,
-            num_layers=s.lstm_num_layers, num_labels=len(data.label_names),
-            pad_token_id=ctx.tokenizer.pad_token_id or 0, id2label=data.id2label, label2id=data.label2id))
+        student = LSTMClassifier(
+            LSTMConfig(
+                vocab_size=len(ctx.tokenizer),
+                embedding_dim=s.lstm_embedding_dim,
+                hidden_size=s.lstm_hidden_size,
+                num_layers=s.lstm_num_layers,
+                num_labels=len(data.label_names),
+                pad_token_id=ctx.tokenizer.pad_token_id or 0,
+                id2label=data.id2label,
+                label2id=data.label2id,
+            )
+        )
     return student.train()
 
 
@@ -239,8 +291,9 @@ def _stage_dataset(ctx: Context, stage: StageConfig, teacher) -> str:
     if not (stage.augment and ctx.cfg.augment.enabled):
         return "train"
     if "train_augmented" not in ctx.datasets:
-        ctx.datasets["train_augmented"] = to_dataset(augmented_frame(ctx, teacher), ctx.tokenizer,
-                                                     ctx.cfg.data.max_length)
+        ctx.datasets["train_augmented"] = to_dataset(
+            augmented_frame(ctx, teacher), ctx.tokenizer, ctx.cfg.data.max_length
+        )
     return "train_augmented"
 
 
@@ -256,14 +309,21 @@ def augmented_frame(ctx: Context, teacher):
     source = frame.iloc[: a.max_source_rows] if a.max_source_rows else frame
     embeddings = teacher.get_input_embeddings().weight.detach()
     mlm = load_mlm(a.mlm_model) if a.method == "mlm" else None
-    model_hash = hashlib.sha256(embeddings.float().numpy().tobytes()).hexdigest() if mlm is None else \
-        hash_model(mlm)
+    model_hash = hashlib.sha256(embeddings.float().numpy().tobytes()).hexdigest() if mlm is None else hash_model(mlm)
     start = time.perf_counter()
-    out = cached_augment(source, ctx.tokenizer, AugmentConfig(num_variants=a.num_variants, replace_prob=a.replace_prob,
-                                                              top_k=a.top_k, method=a.method, seed=ctx.cfg.seed),
-                         ctx.cfg.cache_path, model_hash, mlm_model=mlm, embedding_matrix=embeddings)
+    out = cached_augment(
+        source,
+        ctx.tokenizer,
+        AugmentConfig(
+            num_variants=a.num_variants, replace_prob=a.replace_prob, top_k=a.top_k, method=a.method, seed=ctx.cfg.seed
+        ),
+        ctx.cfg.cache_path,
+        model_hash,
+        mlm_model=mlm,
+        embedding_matrix=embeddings,
+    )
     if a.max_source_rows and len(frame) > len(source):
-        out = pd.concat([out, frame.iloc[len(source):]], ignore_index=True)
+        out = pd.concat([out, frame.iloc[len(source) :]], ignore_index=True)
     info = out.attrs.get("augment_cache", {})
     ctx.timings["augment"] = time.perf_counter() - start
     print(f"augmentation: {info.get('status', '?')}: {len(frame)} -> {len(out)} training rows")
@@ -276,14 +336,19 @@ def load_mlm(path_or_name: str):
     try:
         return AutoModelForMaskedLM.from_pretrained(resolve_model(path_or_name), use_safetensors=True).eval()
     except (OSError, ValueError) as e:
-        raise DistilError(f"augment.mlm_model '{path_or_name}' could not be loaded as a masked LM "
-                          f"({str(e).splitlines()[0]})") from None
+        raise DistilError(
+            f"augment.mlm_model '{path_or_name}' could not be loaded as a masked LM ({str(e).splitlines()[0]})"
+        ) from None
 
 
 def _general_teacher(ctx: Context):
     """General distillation learns from the pretrained encoder, before any task fine-tuning (TinyBERT, MiniLM)."""
-    return load_classifier(resolve_model(ctx.cfg.teacher.model), num_labels=len(ctx.data.label_names),
-                           id2label=ctx.data.id2label, label2id=ctx.data.label2id).eval()
+    return load_classifier(
+        resolve_model(ctx.cfg.teacher.model),
+        num_labels=len(ctx.data.label_names),
+        id2label=ctx.data.id2label,
+        label2id=ctx.data.label2id,
+    ).eval()
 
 
 def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:
@@ -311,8 +376,12 @@ def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:
         print(f"stage {stage.name}: {type(distiller).__name__} on {dataset} ({len(ctx.datasets[dataset])} rows)")
         evaluate = stage.data == "task" and stage.loss.logits_weight > 0
         result = _fit(ctx, work, student, stage.train, distiller, ctx.datasets[dataset], evaluate=evaluate)
-        result.update(name=stage.name, data=dataset, teacher_signal="live teacher" if soft is None else
-                      "cached soft labels", loss=to_dict(stage.loss))
+        result.update(
+            name=stage.name,
+            data=dataset,
+            teacher_signal="live teacher" if soft is None else "cached soft labels",
+            loss=to_dict(stage.loss),
+        )
         history["stages"].append(result)
         if not final:
             kept.parent.mkdir(parents=True, exist_ok=True)
@@ -337,8 +406,11 @@ def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:
         saved["student"] = _save_model(ctx, "student", student, history)
     if cfg.baseline and not ctx.done("baseline"):
         student = build_student(ctx, teacher)
-        history = {"init": cfg.student.init, "layers": getattr(student, "distil_layer_map", None),
-                   "loss": "cross-entropy on hard labels only (no teacher)"}
+        history = {
+            "init": cfg.student.init,
+            "layers": getattr(student, "distil_layer_map", None),
+            "loss": "cross-entropy on hard labels only (no teacher)",
+        }
         train_cfg = student_stages(cfg)[-1].train
         history.update(_fit(ctx, "baseline", student, train_cfg))
         ctx.timings["baseline"] = history["train_seconds"]

@@ -9,8 +9,8 @@ import numpy as np
 
 from distil.errors import DistilError
 from distil.evaluate import evaluate_split, latency_table, size_on_disk
-from distil.models.loading import count_parameters
 from distil.io import atomic_path, read_json, write_json, write_text
+from distil.models.loading import count_parameters
 
 ROLES = {"teacher": "teacher", "student": "distilled student", "baseline": "student without teacher"}
 
@@ -29,36 +29,60 @@ def run_eval(ctx) -> dict:
     rows: dict[str, dict] = {}
     eval_sets = ["test"] + [k for k in ctx.datasets if k.startswith("extra:")]
     for stage, model in models.items():
-        row = {"role": ROLES[stage], "parameters": count_parameters(model),
-               "size_bytes": size_on_disk(ctx.stage_dir(stage))}
+        row = {
+            "role": ROLES[stage],
+            "parameters": count_parameters(model),
+            "size_bytes": size_on_disk(ctx.stage_dir(stage)),
+        }
         for name in eval_sets:
-            metrics = evaluate_split(model, ctx.datasets[name], ctx.collator(), num_labels,
-                                     cfg.distill.eval_batch_size, desc=f"{stage} {name}")
+            metrics = evaluate_split(
+                model,
+                ctx.datasets[name],
+                ctx.collator(),
+                num_labels,
+                cfg.distill.eval_batch_size,
+                desc=f"{stage} {name}",
+            )
             row[name.replace("extra:", "")] = metrics
         history = previous_history(ctx, stage)
-        row["validation"] = {k.replace("eval_", ""): v for k, v in history.get("best_validation", {}).items()
-                             if k in ("eval_accuracy", "eval_macro_f1")}
+        row["validation"] = {
+            k.replace("eval_", ""): v
+            for k, v in history.get("best_validation", {}).items()
+            if k in ("eval_accuracy", "eval_macro_f1")
+        }
         row["train_seconds"] = history.get("train_seconds")
         rows[stage] = row
     start = time.perf_counter()
-    latency = latency_table(models, cfg.eval.latency_batch_sizes, cfg.eval.latency_seq_length,
-                            cfg.eval.latency_repeats)
+    latency = latency_table(
+        models, cfg.eval.latency_batch_sizes, cfg.eval.latency_seq_length, cfg.eval.latency_repeats
+    )
     for stage in rows:
         rows[stage]["latency_ms"] = {str(b): round(v, 3) for b, v in latency[stage].items()}
         rows[stage]["speedup"] = {str(b): round(latency["teacher"][b] / latency[stage][b], 3) for b in latency[stage]}
-        rows[stage]["accuracy_retention"] = round(rows[stage]["test"]["accuracy"] / rows["teacher"]["test"]["accuracy"], 4)
+        rows[stage]["accuracy_retention"] = round(
+            rows[stage]["test"]["accuracy"] / rows["teacher"]["test"]["accuracy"], 4
+        )
     ctx.timings["latency"] = time.perf_counter() - start
     soft = ctx.out / "soft_labels.json"
     report = {
-        "data": {"source": cfg.data.source, "splits": {k: len(v) for k, v in ctx.data.splits.items()},
-                 "labels": ctx.data.label_names, "skipped_empty_rows": ctx.data.skipped_empty,
-                 "extra_test_sets": {k: len(v) for k, v in ctx.data.extra_tests.items()}},
+        "data": {
+            "source": cfg.data.source,
+            "splits": {k: len(v) for k, v in ctx.data.splits.items()},
+            "labels": ctx.data.label_names,
+            "skipped_empty_rows": ctx.data.skipped_empty,
+            "extra_test_sets": {k: len(v) for k, v in ctx.data.extra_tests.items()},
+        },
         "teacher_source": cfg.teacher.model,
         "student_init": {"init": cfg.student.init, "layers": cfg.student.layers},
         "loss": {"alpha": cfg.loss.alpha, "kd_temperature": cfg.loss.kd_temperature, "soft_loss": cfg.loss.soft_loss},
-        "latency_protocol": {"device": "cpu fp32, inference_mode", "seq_length": cfg.eval.latency_seq_length,
-                             "repeats": cfg.eval.latency_repeats, "rounds": 3, "statistic": "median of round medians",
-                             "threads": _threads()},
+        "latency_protocol": {
+            "device": "cpu fp32, inference_mode",
+            "seq_length": cfg.eval.latency_seq_length,
+            "repeats": cfg.eval.latency_repeats,
+            "rounds": 3,
+            "statistic": "median of round medians",
+            "threads": _threads(),
+        },
         "models": rows,
         "soft_labels": read_json(soft) if soft.is_file() else None,
         "timings": {k: round(v, 1) for k, v in ctx.timings.items()},
@@ -82,9 +106,15 @@ def table_rows(report: dict) -> list[list[str]]:
     head = ["model", "test acc", "macro-F1", "of teacher", "params", "size MB"]
     head += [f"b{b} ms" for b in batch_sizes] + [f"speedup b{b}" for b in batch_sizes] + [f"{e} acc" for e in extra]
     rows = [head]
-    for stage, r in report["models"].items():
-        row = [r["role"], f"{100 * r['test']['accuracy']:.2f}", f"{100 * r['test']['macro_f1']:.2f}",
-               f"{100 * r['accuracy_retention']:.1f}%", f"{r['parameters'] / 1e6:.2f}M", f"{r['size_bytes'] / 1e6:.1f}"]
+    for r in report["models"].values():
+        row = [
+            r["role"],
+            f"{100 * r['test']['accuracy']:.2f}",
+            f"{100 * r['test']['macro_f1']:.2f}",
+            f"{100 * r['accuracy_retention']:.1f}%",
+            f"{r['parameters'] / 1e6:.2f}M",
+            f"{r['size_bytes'] / 1e6:.1f}",
+        ]
         row += [f"{r['latency_ms'][b]:.1f}" for b in batch_sizes] + [f"{r['speedup'][b]:.2f}x" for b in batch_sizes]
         row += [f"{100 * r[e]['accuracy']:.2f}" for e in extra]
         rows.append(row)
@@ -101,15 +131,24 @@ def render_table(report: dict) -> str:
 
 def render_markdown(report: dict) -> str:
     rows = table_rows(report)
-    md = ["# distil report", "",
-          f"Data: `{report['data']['source']}` {report['data']['splits']}, labels {report['data']['labels']}.",
-          f"Teacher: `{report['teacher_source']}`. Student: {report['student_init']}. Loss: {report['loss']}.", "",
-          "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    md = [
+        "# distil report",
+        "",
+        f"Data: `{report['data']['source']}` {report['data']['splits']}, labels {report['data']['labels']}.",
+        f"Teacher: `{report['teacher_source']}`. Student: {report['student_init']}. Loss: {report['loss']}.",
+        "",
+        "| " + " | ".join(rows[0]) + " |",
+        "|" + "---|" * len(rows[0]),
+    ]
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     p = report["latency_protocol"]
-    md += ["", f"Latency: {p['device']}, {p['seq_length']}-token inputs, {p['threads']} threads, "
-               f"{p['statistic']} of {p['repeats']} timed forwards x {p['rounds']} interleaved rounds.",
-           f"Timings (s): {report['timings']}.", ""]
+    md += [
+        "",
+        f"Latency: {p['device']}, {p['seq_length']}-token inputs, {p['threads']} threads, "
+        f"{p['statistic']} of {p['repeats']} timed forwards x {p['rounds']} interleaved rounds.",
+        f"Timings (s): {report['timings']}.",
+        "",
+    ]
     if report.get("soft_labels"):
         s = report["soft_labels"]
         md.append(f"Soft labels: {s['status']} (fingerprint `{s['fingerprint']}`, shape {s['shape']}).")
@@ -161,8 +200,12 @@ def plot_report(ctx, report: dict) -> None:
     ax_a.set(title="test accuracy (%)", ylim=(max(0, min(acc) - 10), min(100, max(acc) + 3)))
     width = 0.8 / len(batch_sizes)
     for i, b in enumerate(batch_sizes):
-        ax_l.bar(np.arange(len(names)) + i * width, [report["models"][n]["latency_ms"][b] for n in names], width,
-                 label=f"batch {b}")
+        ax_l.bar(
+            np.arange(len(names)) + i * width,
+            [report["models"][n]["latency_ms"][b] for n in names],
+            width,
+            label=f"batch {b}",
+        )
     ax_l.set_xticks(np.arange(len(names)) + width * (len(batch_sizes) - 1) / 2, names)
     ax_l.set(title="CPU latency (ms, fp32)", yscale="log")
     ax_l.legend()

@@ -48,8 +48,10 @@ def hash_dataset(dataset, columns: tuple[str, ...] = ("input_ids", "attention_ma
 
 
 def fingerprint(teacher_hash: str, data_hash: str, tokenizer_settings: dict) -> str:
-    payload = json.dumps({"v": FORMAT_VERSION, "teacher": teacher_hash, "data": data_hash,
-                          "tokenizer": tokenizer_settings}, sort_keys=True)
+    payload = json.dumps(
+        {"v": FORMAT_VERSION, "teacher": teacher_hash, "data": data_hash, "tokenizer": tokenizer_settings},
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -117,17 +119,26 @@ class SoftLabelCache:
             out.flush()
             shape = list(out.shape)
             del out
-            write_json(tmp / "meta.json", {"version": FORMAT_VERSION, "fingerprint": key, "shape": shape,
-                                           "dtype": "float32", "sha256": _file_sha256(tmp / "logits.npy"),
-                                           "description": description})
+            write_json(
+                tmp / "meta.json",
+                {
+                    "version": FORMAT_VERSION,
+                    "fingerprint": key,
+                    "shape": shape,
+                    "dtype": "float32",
+                    "sha256": _file_sha256(tmp / "logits.npy"),
+                    "description": description,
+                },
+            )
         logits, _ = self.check(key, num_rows)
         assert logits is not None, f"soft-label cache entry {path} failed verification right after writing"
         return SoftLabels(logits, key, "built" if status == "miss" else f"rebuilt ({status})", path)
 
 
 @torch.inference_mode()
-def teacher_logits_to(path: Path, teacher, dataset, collator, batch_size: int, bf16: bool, num_labels: int,
-                      desc: str = "soft labels") -> np.ndarray:
+def teacher_logits_to(
+    path: Path, teacher, dataset, collator, batch_size: int, bf16: bool, num_labels: int, desc: str = "soft labels"
+) -> np.ndarray:
     """Run the frozen teacher over ``dataset`` (longest-first batches) writing logits by row index into a .npy."""
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(dataset), num_labels))
     teacher.eval()
@@ -135,7 +146,7 @@ def teacher_logits_to(path: Path, teacher, dataset, collator, batch_size: int, b
     device = next(teacher.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         batch = collator([dataset[int(i)] for i in rows])
         idx = batch.pop("idx")
         batch.pop("labels", None)
@@ -145,15 +156,29 @@ def teacher_logits_to(path: Path, teacher, dataset, collator, batch_size: int, b
     return out
 
 
-def soft_labels_for(teacher, tokenizer, dataset, collator, cache_dir: str | Path, *, max_length: int,
-                    batch_size: int = 128, bf16: bool = True, teacher_hash: str | None = None) -> SoftLabels:
+def soft_labels_for(
+    teacher,
+    tokenizer,
+    dataset,
+    collator,
+    cache_dir: str | Path,
+    *,
+    max_length: int,
+    batch_size: int = 128,
+    bf16: bool = True,
+    teacher_hash: str | None = None,
+) -> SoftLabels:
     """Verified soft labels of ``teacher`` on ``dataset``: from the cache, or computed once and stored."""
-    settings = {"max_length": max_length, "tokenizer": type(tokenizer).__name__,
-                "vocab": hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()}
+    settings = {
+        "max_length": max_length,
+        "tokenizer": type(tokenizer).__name__,
+        "vocab": hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest(),
+    }
     key = fingerprint(teacher_hash or hash_model(teacher), hash_dataset(dataset), settings)
     num_labels = teacher.config.num_labels
     return SoftLabelCache(cache_dir).get_or_build(
-        key, len(dataset),
+        key,
+        len(dataset),
         lambda path: teacher_logits_to(path, teacher, dataset, collator, batch_size, bf16, num_labels),
         description=f"{getattr(teacher.config, 'name_or_path', '')} on {len(dataset)} rows",
     )

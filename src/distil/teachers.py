@@ -43,8 +43,10 @@ def normalise_weights(weights: Sequence[float] | None, num_teachers: int) -> np.
     if weights is None:
         return np.full(num_teachers, 1.0 / num_teachers)
     if len(weights) != num_teachers:
-        raise DistilError(f"teacher weights {list(weights)}: {len(weights)} weights for {num_teachers} teachers; "
-                          f"give one weight per teacher")
+        raise DistilError(
+            f"teacher weights {list(weights)}: {len(weights)} weights for {num_teachers} teachers; "
+            f"give one weight per teacher"
+        )
     w = np.asarray(weights, dtype=np.float64)
     if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
         raise DistilError(f"teacher weights {list(weights)}: each must be a finite number >= 0, and not all 0")
@@ -55,9 +57,12 @@ def _as_array(soft: SoftLabels | np.ndarray) -> np.ndarray:
     return np.asarray(soft.logits if isinstance(soft, SoftLabels) else soft)
 
 
-def combine_soft_labels(soft_labels: Sequence[SoftLabels] | Sequence[np.ndarray], weights: Sequence[float] | None = None,
-                        how: Literal["mean_logits", "mean_probs"] = "mean_probs",
-                        kd_temperature: float = 1.0) -> np.ndarray:
+def combine_soft_labels(
+    soft_labels: Sequence[SoftLabels] | Sequence[np.ndarray],
+    weights: Sequence[float] | None = None,
+    how: Literal["mean_logits", "mean_probs"] = "mean_probs",
+    kd_temperature: float = 1.0,
+) -> np.ndarray:
     """One teacher signal from several teachers' logits on the same rows.
 
     Args:
@@ -85,8 +90,10 @@ def combine_soft_labels(soft_labels: Sequence[SoftLabels] | Sequence[np.ndarray]
         if a.ndim != 2:
             raise DistilError(f"teacher {i}: soft labels have shape {a.shape}; expected (rows, classes)")
         if a.shape != arrays[0].shape:
-            raise DistilError(f"teacher {i}: soft labels have shape {a.shape} but teacher 0 has {arrays[0].shape}; "
-                              f"every teacher must label the same rows with the same classes")
+            raise DistilError(
+                f"teacher {i}: soft labels have shape {a.shape} but teacher 0 has {arrays[0].shape}; "
+                f"every teacher must label the same rows with the same classes"
+            )
     w = normalise_weights(weights, len(arrays))
     stacked = np.stack([a.astype(np.float64) for a in arrays])  # (K, N, C)
     if how == "mean_logits":
@@ -111,8 +118,15 @@ class MultiTeacherSoftLabels:
     @property
     def fingerprint(self) -> str:
         """Hash of the members' fingerprints and the combination settings."""
-        payload = json.dumps({"members": [m.fingerprint for m in self.members], "weights": self.weights,
-                              "how": self.how, "kd_temperature": self.kd_temperature}, sort_keys=True)
+        payload = json.dumps(
+            {
+                "members": [m.fingerprint for m in self.members],
+                "weights": self.weights,
+                "how": self.how,
+                "kd_temperature": self.kd_temperature,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     @property
@@ -147,11 +161,21 @@ def _num_labels(teacher: nn.Module) -> int | None:
     return getattr(config, "num_labels", None)
 
 
-def multi_teacher_soft_labels(teachers: Sequence[nn.Module], weights: Sequence[float] | None, tokenizer, dataset,
-                              collator, cache_dir: str | Path, *, max_length: int, batch_size: int = 128,
-                              bf16: bool = True, how: Literal["mean_logits", "mean_probs"] = "mean_probs",
-                              kd_temperature: float = 1.0,
-                              teacher_hashes: Sequence[str | None] | None = None) -> MultiTeacherSoftLabels:
+def multi_teacher_soft_labels(
+    teachers: Sequence[nn.Module],
+    weights: Sequence[float] | None,
+    tokenizer,
+    dataset,
+    collator,
+    cache_dir: str | Path,
+    *,
+    max_length: int,
+    batch_size: int = 128,
+    bf16: bool = True,
+    how: Literal["mean_logits", "mean_probs"] = "mean_probs",
+    kd_temperature: float = 1.0,
+    teacher_hashes: Sequence[str | None] | None = None,
+) -> MultiTeacherSoftLabels:
     """Soft labels of every teacher on ``dataset``, each from its own cache entry, combined.
 
     Args:
@@ -177,17 +201,34 @@ def multi_teacher_soft_labels(teachers: Sequence[nn.Module], weights: Sequence[f
     labels = [_num_labels(t) for t in teachers]
     for i, c in enumerate(labels):
         if c is not None and labels[0] is not None and c != labels[0]:
-            raise DistilError(f"teacher {i} has {c} labels but teacher 0 has {labels[0]}; every teacher must be a "
-                              f"classifier of the same task")
-    tokenizers, datasets, collators = (_per_teacher(v, n, name) for v, name in
-                                       ((tokenizer, "tokenizer"), (dataset, "dataset"), (collator, "collator")))
+            raise DistilError(
+                f"teacher {i} has {c} labels but teacher 0 has {labels[0]}; every teacher must be a "
+                f"classifier of the same task"
+            )
+    tokenizers, datasets, collators = (
+        _per_teacher(v, n, name)
+        for v, name in ((tokenizer, "tokenizer"), (dataset, "dataset"), (collator, "collator"))
+    )
     hashes = _per_teacher(list(teacher_hashes) if teacher_hashes is not None else None, n, "teacher hash")
     for i, ds in enumerate(datasets):
         if len(ds) != len(datasets[0]):
-            raise DistilError(f"teacher {i}: dataset has {len(ds)} rows but teacher 0's has {len(datasets[0])}; "
-                              f"every teacher must label the same rows")
-    members = [soft_labels_for(t, tokenizers[i], datasets[i], collators[i], cache_dir, max_length=max_length,
-                               batch_size=batch_size, bf16=bf16, teacher_hash=hashes[i])
-               for i, t in enumerate(teachers)]
+            raise DistilError(
+                f"teacher {i}: dataset has {len(ds)} rows but teacher 0's has {len(datasets[0])}; "
+                f"every teacher must label the same rows"
+            )
+    members = [
+        soft_labels_for(
+            t,
+            tokenizers[i],
+            datasets[i],
+            collators[i],
+            cache_dir,
+            max_length=max_length,
+            batch_size=batch_size,
+            bf16=bf16,
+            teacher_hash=hashes[i],
+        )
+        for i, t in enumerate(teachers)
+    ]
     logits = combine_soft_labels(members, w.tolist(), how=how, kd_temperature=kd_temperature)
     return MultiTeacherSoftLabels(logits, members, w.tolist(), how, float(kd_temperature))

@@ -17,8 +17,11 @@ from distil.data.augment import (
 )
 from distil.errors import DistilError
 
-TEXTS = ["A wonderful film with a moving story.", "The plot is thin but the actors shine.",
-         "Unbelievably dull, don't bother watching it."]
+TEXTS = [
+    "A wonderful film with a moving story.",
+    "The plot is thin but the actors shine.",
+    "Unbelievably dull, don't bother watching it.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +29,14 @@ def mlm_model():
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     return BertForMaskedLM(cfg).eval()
 
 
@@ -36,8 +45,18 @@ def matrix():
     return torch.randn(30522, 16, generator=torch.Generator().manual_seed(0))  # (V, H)
 
 
-@pytest.mark.parametrize("field,value", [("num_variants", 0), ("replace_prob", 0.0), ("replace_prob", 1.5),
-                                         ("top_k", 0), ("method", "glove"), ("batch_size", 0), ("max_length", 4)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("num_variants", 0),
+        ("replace_prob", 0.0),
+        ("replace_prob", 1.5),
+        ("top_k", 0),
+        ("method", "glove"),
+        ("batch_size", 0),
+        ("max_length", 4),
+    ],
+)
 def test_config_names_the_bad_field(field, value):
     with pytest.raises(ConfigError, match=f"'{field}'"):
         AugmentConfig(**{field: value})
@@ -47,8 +66,9 @@ def test_deterministic_under_seed_and_n_variants(tokenizer, matrix):
     cfg = AugmentConfig(num_variants=3, seed=7)
     one = augment_texts(TEXTS, tokenizer, cfg, embedding_matrix=matrix)
     assert [i for i, _ in one] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    assert one == augment_texts(TEXTS, tokenizer, AugmentConfig(num_variants=3, seed=7, batch_size=1),
-                                embedding_matrix=matrix)
+    assert one == augment_texts(
+        TEXTS, tokenizer, AugmentConfig(num_variants=3, seed=7, batch_size=1), embedding_matrix=matrix
+    )
     assert one != augment_texts(TEXTS, tokenizer, AugmentConfig(num_variants=3, seed=8), embedding_matrix=matrix)
     assert augment_texts(TEXTS + ["one more row"], tokenizer, cfg, embedding_matrix=matrix)[:9] == one  # rows apart
     assert sum(t != TEXTS[i] for i, t in one) >= 7
@@ -58,8 +78,9 @@ def test_replacement_rate_is_about_p(tokenizer, matrix):
     vocab = [t for t in tokenizer.convert_ids_to_tokens(list(range(2000, 8000))) if t.isalpha() and len(t) >= 2]
     rng = np.random.default_rng(0)
     words = [vocab[i] for i in rng.integers(0, len(vocab), 3000)]
-    (_, variant), = augment_texts([" ".join(words)], tokenizer, AugmentConfig(num_variants=1, replace_prob=0.4),
-                                  embedding_matrix=matrix)
+    ((_, variant),) = augment_texts(
+        [" ".join(words)], tokenizer, AugmentConfig(num_variants=1, replace_prob=0.4), embedding_matrix=matrix
+    )
     new = variant.split()
     assert len(new) == len(words)
     rate = np.mean([a != b for a, b in zip(words, new)])
@@ -114,16 +135,19 @@ def test_mlm_candidates_batched_equal_one_at_a_time(tokenizer, mlm_model):
 def test_mlm_method_replaces_with_the_top_prediction(tokenizer, mlm_model):
     cfg = AugmentConfig(num_variants=1, replace_prob=1.0, top_k=1, method="mlm")
     text = "the actors shine"
-    (_, variant), = augment_texts([text], tokenizer, cfg, mlm_model=mlm_model)
+    ((_, variant),) = augment_texts([text], tokenizer, cfg, mlm_model=mlm_model)
     ids = tokenizer(text)["input_ids"]
     allowed = candidate_vocab(tokenizer, 30522)
-    expected = [tokenizer.convert_ids_to_tokens(int(c[0])) for c in
-                mlm_candidates(mlm_model, [ids], [(0, 1), (0, 2), (0, 3)], allowed, 1, tokenizer.mask_token_id, 0, 8)]
+    expected = [
+        tokenizer.convert_ids_to_tokens(int(c[0]))
+        for c in mlm_candidates(mlm_model, [ids], [(0, 1), (0, 2), (0, 3)], allowed, 1, tokenizer.mask_token_id, 0, 8)
+    ]
     assert variant == " ".join(expected)
     # deterministic, and a multi-piece word falls back to the embedding neighbours
     pairs = augment_texts(TEXTS, tokenizer, AugmentConfig(method="mlm", num_variants=2), mlm_model=mlm_model)
-    assert pairs == augment_texts(TEXTS, tokenizer, AugmentConfig(method="mlm", num_variants=2, batch_size=3),
-                                  mlm_model=mlm_model)
+    assert pairs == augment_texts(
+        TEXTS, tokenizer, AugmentConfig(method="mlm", num_variants=2, batch_size=3), mlm_model=mlm_model
+    )
 
 
 def test_missing_models_are_refused(tokenizer):
@@ -155,8 +179,9 @@ def test_cache_hit_miss_and_corrupt(tokenizer, matrix, tmp_path, monkeypatch):
 
     real = augment_module.augment_frame
     monkeypatch.setattr(augment_module, "augment_frame", lambda *a, **k: pytest.fail("a hit must not recompute"))
-    hit = cached_augment(_frame(), tokenizer, AugmentConfig(num_variants=2, batch_size=7), tmp_path, "m1",
-                         embedding_matrix=matrix)  # batch size does not change the result, so not the key
+    hit = cached_augment(
+        _frame(), tokenizer, AugmentConfig(num_variants=2, batch_size=7), tmp_path, "m1", embedding_matrix=matrix
+    )  # batch size does not change the result, so not the key
     assert hit.attrs["augment_cache"]["status"] == "hit"
     pd.testing.assert_frame_equal(hit, built)
     monkeypatch.setattr(augment_module, "augment_frame", real)
@@ -166,8 +191,12 @@ def test_cache_hit_miss_and_corrupt(tokenizer, matrix, tmp_path, monkeypatch):
     again = cached_augment(_frame(), tokenizer, cfg, tmp_path, "m1", embedding_matrix=matrix)
     assert again.attrs["augment_cache"]["status"] == "rebuilt (corrupt)"
     pd.testing.assert_frame_equal(again, built)
-    assert cached_augment(_frame(), tokenizer, cfg, tmp_path, "m1",
-                          embedding_matrix=matrix).attrs["augment_cache"]["status"] == "hit"
+    assert (
+        cached_augment(_frame(), tokenizer, cfg, tmp_path, "m1", embedding_matrix=matrix).attrs["augment_cache"][
+            "status"
+        ]
+        == "hit"
+    )
 
     other = cached_augment(_frame(), tokenizer, cfg, tmp_path, "m2", embedding_matrix=matrix)
     assert other.attrs["augment_cache"]["status"] == "built"  # another model: another key

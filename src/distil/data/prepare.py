@@ -37,8 +37,10 @@ def _select_columns(frame: pd.DataFrame, cfg: DataConfig, where: str, need_label
     columns += [cfg.label_column] if need_label else []
     for col in columns:
         if col not in frame.columns:
-            raise DistilError(f"data '{where}': column '{col}' is missing; columns are {list(frame.columns)} "
-                              f"(set data.text_column / data.label_column)")
+            raise DistilError(
+                f"data '{where}': column '{col}' is missing; columns are {list(frame.columns)} "
+                f"(set data.text_column / data.label_column)"
+            )
     out = pd.DataFrame({"text": frame[cfg.text_column]})
     if cfg.text_pair_column:
         out["text_pair"] = frame[cfg.text_pair_column]
@@ -59,8 +61,10 @@ def _drop_empty(frame: pd.DataFrame, cfg: DataConfig, where: str) -> tuple[pd.Da
     n = int(empty.sum())
     if n and cfg.empty_text == "error":
         first = int(np.flatnonzero(empty)[0])
-        raise DistilError(f"data '{where}': {n} rows have an empty text or label (first: row {first}); "
-                          f"fix them or set data.empty_text: skip")
+        raise DistilError(
+            f"data '{where}': {n} rows have an empty text or label (first: row {first}); "
+            f"fix them or set data.empty_text: skip"
+        )
     if n == len(frame):
         raise DistilError(f"data '{where}': every row has an empty text or label")
     out = frame[~empty].reset_index(drop=True)
@@ -78,7 +82,7 @@ def stratified_split(frame: pd.DataFrame, fractions: dict[str, float], seed: int
         start = 0
         for name, frac in fractions.items():
             n = int(round(len(idx) * frac))
-            parts[name].append(idx[start:start + n])
+            parts[name].append(idx[start : start + n])
             start += n
         parts["train"].append(idx[start:])
     out = {}
@@ -100,7 +104,7 @@ def _label_names(train: pd.DataFrame, cfg: DataConfig) -> list[str]:
 def _encode_labels(frame: pd.DataFrame, names: list[str], where: str, synonyms: bool = False) -> pd.DataFrame:
     label2id = {name: i for i, name in enumerate(names)}
     if synonyms:  # e.g. positive/negative sets scored by a fresh/rotten model
-        for canonical, alias in LABEL_SYNONYMS.items():
+        for alias in LABEL_SYNONYMS.values():
             target = next((n for n in names if n in alias), None)
             if target is not None:
                 for a in alias:
@@ -108,8 +112,10 @@ def _encode_labels(frame: pd.DataFrame, names: list[str], where: str, synonyms: 
     raw = frame["label"].astype(str)
     unknown = sorted(set(raw) - set(label2id))
     if unknown:
-        raise DistilError(f"data '{where}': unknown label {unknown[0]!r} ({len(unknown)} unknown in all); "
-                          f"labels are {names} (set data.labels to list them all)")
+        raise DistilError(
+            f"data '{where}': unknown label {unknown[0]!r} ({len(unknown)} unknown in all); "
+            f"labels are {names} (set data.labels to list them all)"
+        )
     out = frame.copy()
     out["label"] = raw.map(label2id).astype(int)
     return out
@@ -129,10 +135,12 @@ def prepare_data(cfg: DataConfig) -> TaskData:
         splits = {}
         for name, frame in loaded.items():
             if name in SPLIT_NAMES:
-                splits[name], skipped[name] = _drop_empty(_select_columns(frame, cfg, f"{cfg.source}[{name}]"),
-                                                          cfg, f"{cfg.source}[{name}]")
-        missing = {n: f for n, f in (("validation", cfg.validation_fraction), ("test", cfg.test_fraction))
-                   if n not in splits}
+                splits[name], skipped[name] = _drop_empty(
+                    _select_columns(frame, cfg, f"{cfg.source}[{name}]"), cfg, f"{cfg.source}[{name}]"
+                )
+        missing = {
+            n: f for n, f in (("validation", cfg.validation_fraction), ("test", cfg.test_fraction)) if n not in splits
+        }
         if missing:
             carved = stratified_split(splits["train"], missing, cfg.split_seed)
             splits.update(carved)

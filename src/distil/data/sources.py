@@ -153,8 +153,9 @@ def load_source(source: str) -> pd.DataFrame | dict[str, pd.DataFrame]:
             raise DistilError(f"data file '{source}' is empty; give a file with a header row and examples")
         return _read_file(path)
     if path.suffix or os.sep in source and not _looks_like_hub_name(source):
-        raise DistilError(f"data file '{source}' does not exist; check the path (built-in sources: "
-                          f"{', '.join(BUILTIN_SOURCES)})")
+        raise DistilError(
+            f"data file '{source}' does not exist; check the path (built-in sources: {', '.join(BUILTIN_SOURCES)})"
+        )
     return _load_hub(source)
 
 
@@ -164,12 +165,16 @@ def _looks_like_hub_name(source: str) -> bool:
 
 def _load_hub(name: str):
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise DistilError(f"data source '{name}' is not a file nor a built-in source, and the hub is offline "
-                          f"(HF_HUB_OFFLINE=1); built-in sources: {', '.join(BUILTIN_SOURCES)}")
+        raise DistilError(
+            f"data source '{name}' is not a file nor a built-in source, and the hub is offline "
+            f"(HF_HUB_OFFLINE=1); built-in sources: {', '.join(BUILTIN_SOURCES)}"
+        )
     from datasets import load_dataset
 
     try:
         return _from_hf(load_dataset(name))
     except Exception as e:  # noqa: BLE001 - any hub failure is the user's source
-        raise DistilError(f"data source '{name}' could not be loaded from the hub ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise DistilError(
+            f"data source '{name}' could not be loaded from the hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from None

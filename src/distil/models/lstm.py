@@ -84,7 +84,8 @@ class LSTMConfig:
             raise DistilError(f"LSTMConfig.dropout: got {self.dropout!r}; it must be in [0, 1)")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise DistilError(
-                f"LSTMConfig.pad_token_id: got {self.pad_token_id!r}; it must be a token id in 0..{self.vocab_size - 1}"
+                f"LSTMConfig.pad_token_id: got {self.pad_token_id!r}; "
+                f"it must be a token id in 0..{self.vocab_size - 1}"
             )
         if self.id2label is None:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}

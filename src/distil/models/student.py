@@ -102,7 +102,8 @@ def select_layers(
         return _validate_layer_list(list(range(0, n, 2)), n, m, what="every-other")
     if strategy not in LAYER_STRATEGIES:
         raise DistilError(
-            f"layer strategy: got {strategy!r}; choose one of {', '.join(LAYER_STRATEGIES)} or a list of teacher layers"
+            f"layer strategy: got {strategy!r}; choose one of {', '.join(LAYER_STRATEGIES)} "
+            "or a list of teacher layers"
         )
     if m is None:
         raise DistilError(f"layer strategy {strategy!r}: needs num_student_layers (1..{n}); it was not given")
