@@ -150,7 +150,7 @@ def render(results: dict) -> str:
         "| train s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for cell, r in results["cells"].items():
+    for r in results["cells"].values():
         lat = results.get(f"latency:{r['size']}", {})
         speed = f"{lat.get('1', 0):.2f}x / {lat.get('32', 0):.2f}x" if lat else "n/a"
         lines.append(
