@@ -398,13 +398,14 @@ def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:
     cfg = ctx.cfg
     teacher = load_stage_model(ctx, "teacher")
     saved = {}
-    if not ctx.done("student"):
+    redo = cfg.overwrite and not ctx.resume  # `distil student --overwrite` replaces finished students
+    if redo or not ctx.done("student"):
         student = build_student(ctx, teacher)  # first: a bad student config fails before any teacher work
         history = {"init": cfg.student.init, "layers": getattr(student, "distil_layer_map", None)}
         history.update(_train_student(ctx, student, teacher, live_teacher))
         ctx.timings["student"] = history["train_seconds"]
         saved["student"] = _save_model(ctx, "student", student, history)
-    if cfg.baseline and not ctx.done("baseline"):
+    if cfg.baseline and (redo or not ctx.done("baseline")):
         student = build_student(ctx, teacher)
         history = {
             "init": cfg.student.init,
