@@ -23,7 +23,7 @@ CONFIG_COMMANDS = {
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from distil.config import flag_specs
+    from distil.config import run_flag_specs as flag_specs
 
     parser.add_argument("config", nargs="?", default=None, help="YAML file or recipe name (default: embedded)")
     parser.add_argument("--resume", action="store_true", help="continue an unfinished run from its checkpoints")
@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from distil.config import flag_specs, load_config, parse_flag_value, set_dotted
+    from distil.config import load_config, parse_flag_value, set_dotted
+    from distil.config import run_flag_specs as flag_specs
 
     overrides: dict = {}
     for key, tp, _ in flag_specs():
