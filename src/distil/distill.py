@@ -142,7 +142,10 @@ class DistillationTrainer(Trainer):
         idx = inputs.pop("idx", None)
         labels = inputs.pop("labels", None)
         if self.distiller is not None and model.training:
-            loss, parts, logits = self.distiller.compute(model, inputs, labels, idx)
+            # Accelerate autocasts only the student's forward; the live teacher (and feature recomputation)
+            # should run in the same precision, so the whole distiller step goes under the same autocast.
+            with self.accelerator.autocast():
+                loss, parts, logits = self.distiller.compute(model, inputs, labels, idx)
         else:
             logits = logits_of(model(**inputs))  # (B, C)
             loss = F.cross_entropy(logits.float(), labels)
