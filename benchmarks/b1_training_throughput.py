@@ -61,10 +61,9 @@ from distil.soft_labels import soft_labels_for
 
 ALPHA, KD_TEMPERATURE, HIDDEN_WEIGHT, LEARNING_RATE = 0.5, 2.0, 1.0, 1e-4
 DISTIL_KINDS = ("distil-cached", "distil-live", "distil-hidden", "student-alone")
-DEFAULT_SYSTEMS = (
-    "distil-cached:bf16,distil-live:bf16,distil-hidden:bf16,student-alone:bf16,"
-    "distil-cached:fp32,distil-hidden:fp32,student-alone:fp32,plain-logits:fp32,plain-hidden:fp32,"
-    "tb-logits-fixed:fp32,tb-hidden-fixed:fp32"
+DEFAULT_SYSTEMS = (  # in this order, so that compared systems run next to each other
+    "distil-cached:bf16,student-alone:bf16,distil-cached:fp32,student-alone:fp32,distil-live:bf16,plain-logits:fp32,"
+    "tb-logits-fixed:fp32,distil-hidden:bf16,distil-hidden:fp32,plain-hidden:fp32,tb-hidden-fixed:fp32"
 )
 ALL_SYSTEMS = DEFAULT_SYSTEMS + ",distil-live:fp32,tb-logits-dynamic:fp32,tb-hidden-dynamic:fp32"
 LABELS = {
@@ -168,16 +167,16 @@ def hidden_distiller(bench: Bench, student: nn.Module) -> Distiller:
 
 
 class StepClock(TrainerCallback):
-    """perf_counter at train begin and at the end of every optimiser step."""
+    """Wall and CPU clocks at train begin and at the end of every optimiser step."""
 
     def __init__(self):
-        self.marks: list[float] = []
+        self.marks: list[tuple[float, float]] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.marks = [time.perf_counter()]
+        self.marks = [harness.now()]
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.marks.append(time.perf_counter())
+        self.marks.append(harness.now())
 
 
 def distil_trainer(bench: Bench, kind: str, bf16: bool, max_steps: int, callbacks=()) -> DistillationTrainer:
@@ -213,11 +212,11 @@ def distil_trainer(bench: Bench, kind: str, bf16: bool, max_steps: int, callback
     return trainer
 
 
-def run_distil(bench: Bench, kind: str, precision: str, steps: int) -> list[float]:
+def run_distil(bench: Bench, kind: str, precision: str, steps: int) -> tuple[list[float], list[float]]:
     clock = StepClock()
     trainer = distil_trainer(bench, kind, precision == "bf16", bench.args.warmup + steps, [clock])
     trainer.train()
-    return list(np.diff(clock.marks)[bench.args.warmup :])
+    return harness.intervals(clock.marks, bench.args.warmup)
 
 
 def distil_batch_plan(bench: Bench, num_batches: int) -> list[list[int]]:
@@ -243,14 +242,14 @@ def random_batch_plan(bench: Bench, num_batches: int, seed: int) -> list[list[in
 # ---------------------------------------------------------------------------------------------------- plain loop
 
 
-def run_plain(bench: Bench, hidden: bool, steps: int, seed: int) -> list[float]:
+def run_plain(bench: Bench, hidden: bool, steps: int, seed: int) -> tuple[list[float], list[float]]:
     """The textbook loop: max-length padding, teacher forward every step, KL + CE (+ hidden MSE) by hand, fp32."""
     a = bench.args
     student, teacher = copy.deepcopy(bench.student).train(), bench.teacher
     total = a.warmup + steps
     optimizer = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total // 10), total)
-    marks = [time.perf_counter()]
+    marks = [harness.now()]
     for rows in random_batch_plan(bench, total, seed):
         idx = torch.tensor(rows)
         batch = {k: v[idx] for k, v in bench.fixed.items()}  # (B, max_length) each, labels (B,)
@@ -276,8 +275,8 @@ def run_plain(bench: Bench, hidden: bool, steps: int, seed: int) -> list[float]:
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        marks.append(time.perf_counter())
-    return list(np.diff(marks)[a.warmup :])
+        marks.append(harness.now())
+    return harness.intervals(marks, a.warmup)
 
 
 # ---------------------------------------------------------------------------------------------------- TextBrewer
@@ -324,7 +323,8 @@ class TextBrewerWorker:
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"TextBrewer worker died (exit {self.proc.wait()})")
-        return json.loads(line)["intervals"]
+        reply = json.loads(line)
+        return reply["wall"], reply["cpu"]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -336,35 +336,40 @@ class TextBrewerWorker:
 # ---------------------------------------------------------------------------------------------------- profile
 
 
-def profile_cached(bench: Bench, steps: int) -> dict:
-    """torch.profiler operator table and cProfile's Python view of (a), distil's cached-soft-label step, bf16."""
+PROFILED_PARTS = {  # (file suffix, function) -> what it is; cumulative times, so nested parts overlap
+    ("distil/distill.py", "compute_loss"): "compute_loss (forwards + losses)",
+    ("distil/feature_distill.py", "_run_teacher"): "  of which: live teacher forward (+ its hooks)",
+    ("distil/feature_distill.py", "_feature_parts"): "  of which: feature losses",
+    ("distil/models/features.py", "_record"): "  of which: feature hooks recording",
+    ("distil/distill.py", "teacher_logits"): "  of which: teacher logits (cache lookup or live forward)",
+    ("distil/soft_labels.py", "lookup"): "  of which: soft-label lookup (memmap gather)",
+    ("torch/_tensor.py", "backward"): "backward",
+    ("torch/optim/adam.py", "step"): "AdamW step",
+    ("torch/optim/adamw.py", "step"): "AdamW step",
+    ("torch/nn/utils/clip_grad.py", "clip_grad_norm_"): "gradient clipping",
+    ("transformers/trainer.py", "get_batch_samples"): "fetch batches (sampler + PadCollator)",
+    ("transformers/trainer.py", "_maybe_log_save_evaluate"): "log/save/evaluate hooks",
+}
+
+
+def profile_system(bench: Bench, kind: str, steps: int) -> dict:
+    """torch.profiler's operator table and cProfile's Python view of one distil system, bf16."""
     from torch.profiler import ProfilerActivity, profile
 
-    trainer = distil_trainer(bench, "distil-cached", True, bench.args.warmup + steps)
+    trainer = distil_trainer(bench, kind, True, bench.args.warmup + steps)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         trainer.train()
     ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-    trainer = distil_trainer(bench, "distil-cached", True, bench.args.warmup + steps)
+    trainer = distil_trainer(bench, kind, True, bench.args.warmup + steps)
     profiler = cProfile.Profile()
     profiler.enable()
     trainer.train()
     profiler.disable()
     stats = pstats.Stats(profiler)
     total = stats.total_tt
-    wanted = {  # (file suffix, function) -> what it is
-        ("distil/distill.py", "compute_loss"): "compute_loss (student forward + loss)",
-        ("distil/soft_labels.py", "lookup"): "soft-label lookup (memmap gather)",
-        ("distil/data/prepare.py", "__call__"): "PadCollator (padding in Python)",
-        ("torch/_tensor.py", "backward"): "backward",
-        ("torch/optim/adam.py", "step"): "AdamW step",
-        ("torch/optim/adamw.py", "step"): "AdamW step",
-        ("torch/nn/utils/clip_grad.py", "clip_grad_norm_"): "gradient clipping",
-        ("transformers/trainer.py", "get_batch_samples"): "fetch batches (sampler + collate)",
-        ("transformers/trainer.py", "_maybe_log_save_evaluate"): "log/save/evaluate hooks",
-    }
     breakdown = {}
     for (file, _line, func), (_cc, _nc, _tt, cum, _callers) in stats.stats.items():
-        for (suffix, name), label in wanted.items():
+        for (suffix, name), label in PROFILED_PARTS.items():
             if func == name and file.endswith(suffix):
                 breakdown[label] = breakdown.get(label, 0.0) + cum
     out = io.StringIO()
@@ -373,7 +378,9 @@ def profile_cached(bench: Bench, steps: int) -> dict:
     return {
         "steps": bench.args.warmup + steps,
         "total_seconds": total,
-        "share_of_total": {k: round(v / total, 4) for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])},
+        "share_of_total": {
+            k: round(breakdown[k] / total, 4) for k in dict.fromkeys(PROFILED_PARTS.values()) if k in breakdown
+        },
         "torch_profiler_top_ops": ops,
         "cprofile_top_tottime": text[text.find("ncalls") - 200 :],
     }
@@ -396,150 +403,144 @@ def main(argv=None) -> int:
         f"{bench.soft_labels.status} in {bench.soft_label_seconds:.1f}s; hidden pairs {bench.pairs}",
         flush=True,
     )
-    worker = None
-    if any(k.startswith("tb-") for k, _ in systems):
-        worker = TextBrewerWorker(bench, args.textbrewer_python)
-    samples: dict[str, list[float]] = {f"{k}:{p}": [] for k, p in systems}
-    step_ms: dict[str, list[float]] = {f"{k}:{p}": [] for k, p in systems}
-    per_batch = args.batch_size
+    worker = TextBrewerWorker(bench, args.textbrewer_python) if any(k.startswith("tb-") for k, _ in systems) else None
+    keys = [f"{k}:{p}" for k, p in systems]
+    wall = {k: [] for k in keys}  # samples per wall-clock second, one entry per round
+    cpu = {k: [] for k in keys}  # samples per CPU second of the process (all its threads), one entry per round
+    step_ms = {k: [] for k in keys}
     try:
         for r in range(args.rounds):
             calibration.log(f"round {r + 1}")
-            order = systems[r % len(systems) :] + systems[: r % len(systems)]  # rotate who goes first
-            for kind, precision in order:
+            # A B C ... then ... C B A: pairs that are compared sit next to each other in every round.
+            for kind, precision in systems if r % 2 == 0 else systems[::-1]:
                 key = f"{kind}:{precision}"
                 if kind in DISTIL_KINDS:
-                    intervals = run_distil(bench, kind, precision, args.steps)
+                    w, c = run_distil(bench, kind, precision, args.steps)
                 elif kind.startswith("plain-"):
-                    intervals = run_plain(bench, kind == "plain-hidden", args.steps, seed=r)
+                    w, c = run_plain(bench, kind == "plain-hidden", args.steps, seed=r)
                 else:
                     dynamic = kind.endswith("dynamic")
                     n = args.warmup + args.steps + 1
                     plan = distil_batch_plan(bench, n) if dynamic else random_batch_plan(bench, n, seed=r)
-                    intervals = worker.run("hidden" in kind, dynamic, plan, args.warmup)
-                sps = per_batch * len(intervals) / sum(intervals)
-                samples[key].append(sps)
-                step_ms[key].append(1000 * harness.median(intervals))
+                    w, c = worker.run("hidden" in kind, dynamic, plan, args.warmup)
+                wall[key].append(args.batch_size * len(w) / sum(w))
+                cpu[key].append(args.batch_size * len(c) / sum(c))
+                step_ms[key].append(1000 * harness.median(w))
                 print(
-                    f"round {r + 1} {key:26s} {sps:7.1f} samples/s  (median step {step_ms[key][-1]:.0f} ms)",
+                    f"round {r + 1} {key:24s} {wall[key][-1]:6.1f} samples/s, {cpu[key][-1]:6.1f} per CPU-s "
+                    f"(median step {step_ms[key][-1]:.0f} ms)",
                     flush=True,
                 )
         calibration.log("after rounds")
-        profile = profile_cached(bench, args.profile_steps) if args.profile_steps else None
+        profile = {}
+        for kind in ("distil-cached", "distil-hidden") if args.profile_steps else ():
+            profile[f"{kind}:bf16"] = profile_system(bench, kind, args.profile_steps)
         calibration.log("end")
     finally:
         if worker is not None:
             worker.close()
         shutil.rmtree(bench.work, ignore_errors=True)
-    result = summarise(args, info, calibration.summary(), bench, systems, samples, step_ms, worker, profile)
-    write_outputs(result)
+    result = summarise(args, info, calibration.summary(), bench, systems, wall, cpu, step_ms, worker, profile)
+    write_outputs(result, args.out)
     return 0
 
 
-def ratio(samples: dict, a: str, b: str) -> float | None:
-    """Median over rounds of samples/s(a) / samples/s(b), each round's pair timed back to back."""
-    if a not in samples or b not in samples:
+def ratio(per_round: dict, a: str, b: str) -> float | None:
+    """Median over rounds of rate(a) / rate(b); in each round the pair ran within minutes of each other."""
+    if a not in per_round or b not in per_round:
         return None
-    return harness.median(x / y for x, y in zip(samples[a], samples[b]))
+    return harness.median(x / y for x, y in zip(per_round[a], per_round[b]))
 
 
-def summarise(args, info, calibration, bench, systems, samples, step_ms, worker, profile) -> dict:
+def references(kind: str) -> dict[str, str]:
+    """What a system is compared with: the plain loop and TextBrewer with the same loss."""
+    loss = "hidden" if "hidden" in kind else "logits"
+    return {
+        "plain": f"plain-{loss}:fp32",
+        "tb_fixed": f"tb-{loss}-fixed:fp32",
+        "tb_dynamic": f"tb-{loss}-dynamic:fp32",
+    }
+
+
+def summarise(args, info, calibration, bench, systems, wall, cpu, step_ms, worker, profile) -> dict:
     rows = {}
     for kind, precision in systems:
-        key = f"{kind}:{precision}"
-        hidden = "hidden" in kind
-        plain = "plain-hidden:fp32" if hidden else "plain-logits:fp32"
-        tb_fixed = "tb-hidden-fixed:fp32" if hidden else "tb-logits-fixed:fp32"
-        tb_dyn = "tb-hidden-dynamic:fp32" if hidden else "tb-logits-dynamic:fp32"
+        key, refs = f"{kind}:{precision}", references(kind)
+        compare = kind != "student-alone"
         rows[key] = {
             "system": LABELS[kind],
             "precision": precision,
-            "loss": "logits + hidden MSE" if hidden else "logits",
+            "loss": "logits + hidden MSE" if "hidden" in kind else "logits",
             "padding": "max_length"
             if kind.startswith("plain") or kind.endswith("fixed")
             else "dynamic, length-grouped",
-            "samples_per_s": harness.median(samples[key]),
-            "samples_per_s_rounds": samples[key],
+            "samples_per_s": harness.median(wall[key]),
+            "samples_per_s_rounds": wall[key],
+            "samples_per_cpu_s": harness.median(cpu[key]),
+            "samples_per_cpu_s_rounds": cpu[key],
             "step_ms": harness.median(step_ms[key]),
-            "vs_plain_loop": ratio(samples, key, plain) if kind != "student-alone" else None,
-            "vs_textbrewer_fixed": ratio(samples, key, tb_fixed) if kind != "student-alone" else None,
-            "vs_textbrewer_dynamic": ratio(samples, key, tb_dyn) if kind != "student-alone" else None,
+            **{f"vs_{name}": ratio(wall, key, ref) if compare else None for name, ref in refs.items()},
+            **{f"vs_{name}_cpu": ratio(cpu, key, ref) if compare else None for name, ref in refs.items()},
         }
     checks = {}
     for p in ("bf16", "fp32"):
-        r = ratio(samples, f"student-alone:{p}", f"distil-cached:{p}")
-        if r is not None:
-            checks[f"cached KD step / student-alone step ({p}), target <= 1.10"] = r
+        pair = (f"student-alone:{p}", f"distil-cached:{p}")
+        if ratio(wall, *pair) is not None:
+            checks[f"cached KD step / student-alone step ({p}); target <= 1.10"] = (
+                ratio(wall, *pair),
+                ratio(cpu, *pair),
+            )
     for p in ("bf16", "fp32"):
         for other, target in (
             ("tb-hidden-fixed:fp32", 1.5),
             ("tb-hidden-dynamic:fp32", 1.5),
-            ("plain-hidden:fp32", 2.0),
+            ("plain-hidden:fp32", 2),
         ):
-            r = ratio(samples, f"distil-hidden:{p}", other)
-            if r is not None:
-                checks[f"distil-hidden:{p} / {other}, target >= {target}"] = r
-    return {
-        "benchmark": "B1 training throughput",
-        "machine": info,
-        "calibration": calibration,
-        "setup": {
-            "rows": len(bench.train),
-            "mean_tokens": float(np.mean(bench.train["length"])),
-            "batch_size": args.batch_size,
-            "max_length": args.max_length,
-            "steps_per_round": args.steps,
-            "warmup_steps": args.warmup,
-            "rounds": args.rounds,
-            "teacher": DEFAULT_TEACHER,
-            "student": "teacher layers [0, 2, 4]",
-            "hidden_pairs": bench.pairs,
-            "alpha": ALPHA,
-            "kd_temperature": KD_TEMPERATURE,
-            "textbrewer": worker.version if worker else None,
-            "soft_label_build_seconds": bench.soft_label_seconds,
-        },
-        "systems": rows,
-        "checks": checks,
-        "profile": profile,
+            pair = (f"distil-hidden:{p}", other)
+            if ratio(wall, *pair) is not None:
+                checks[f"distil-hidden:{p} / {other}; target >= {target}"] = (ratio(wall, *pair), ratio(cpu, *pair))
+    setup = {
+        "rows": len(bench.train),
+        "mean_tokens": float(np.mean(bench.train["length"])),
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "steps_per_round": args.steps,
+        "warmup_steps": args.warmup,
+        "rounds": args.rounds,
+        "teacher": DEFAULT_TEACHER,
+        "student": "teacher layers [0, 2, 4]",
+        "hidden_pairs": bench.pairs,
+        "alpha": ALPHA,
+        "kd_temperature": KD_TEMPERATURE,
+        "textbrewer": worker.version if worker else None,
+        "soft_label_build_seconds": bench.soft_label_seconds,
     }
+    return {"benchmark": "B1 training throughput", "machine": info, "calibration": calibration, "setup": setup,
+            "systems": rows, "checks": checks, "profile": profile}  # fmt: skip
 
 
-def write_outputs(result: dict) -> None:
+def write_outputs(result: dict, out_dir: Path) -> None:
     f = harness.fmt
-    header = [
-        "system",
-        "precision",
-        "padding",
-        "samples/s",
-        "step ms",
-        "vs plain loop",
-        "vs TextBrewer (fixed)",
-        "vs TextBrewer (distil's batches)",
-    ]
+    header = ["system", "precision", "padding", "samples/s (min-max)", "step ms", "samples/CPU-s", "vs plain loop",
+              "vs TextBrewer fixed", "vs TextBrewer distil's batches"]  # fmt: skip
     table = []
     for row in result["systems"].values():
         rng = row["samples_per_s_rounds"]
-        table.append(
-            [
-                row["system"],
-                row["precision"],
-                row["padding"],
-                f"{f(row['samples_per_s'])} ({f(min(rng))}-{f(max(rng))})",
-                f(row["step_ms"], 0),
-                f(row["vs_plain_loop"], 2),
-                f(row["vs_textbrewer_fixed"], 2),
-                f(row["vs_textbrewer_dynamic"], 2),
-            ]
-        )
-    checks = [[k, f"{v:.2f}x"] for k, v in result["checks"].items()]
+        vs = [f"{f(row[f'vs_{n}'], 2)} ({f(row[f'vs_{n}_cpu'], 2)})" if row[f"vs_{n}"] else "" for n in
+              ("plain", "tb_fixed", "tb_dynamic")]  # fmt: skip
+        table.append([row["system"], row["precision"], row["padding"],
+                      f"{f(row['samples_per_s'])} ({f(min(rng))}-{f(max(rng))})", f(row["step_ms"], 0),
+                      f(row["samples_per_cpu_s"]), *vs])  # fmt: skip
+    checks = [[k, f"{w:.2f}x", f"{c:.2f}x"] for k, (w, c) in result["checks"].items()]
     s = result["setup"]
     intro = (
         f"{s['rows']} Rotten Tomatoes rows (mean {s['mean_tokens']:.1f} tokens), batch {s['batch_size']}, max length "
         f"{s['max_length']}; teacher all-MiniLM-L6-v2 (6 x 384), student = its layers [0, 2, 4]; "
-        f"{s['rounds']} interleaved rounds x {s['steps_per_round']} measured steps (after {s['warmup_steps']} "
-        f"warm-up); samples/s = median over rounds (min-max); ratios = median of per-round ratios. "
-        f"TextBrewer {s['textbrewer']} runs in its own venv, fp32. Soft labels for the cached rows took "
+        f"{s['rounds']} interleaved rounds (A B C, C B A, ...) x {s['steps_per_round']} measured steps (after "
+        f"{s['warmup_steps']} warm-up); samples/s = median over rounds (min-max); samples/CPU-s counts the CPU time "
+        "of the process's threads instead of wall time (less sensitive to other jobs on the machine); ratios = median "
+        "of per-round ratios, wall (CPU). TextBrewer "
+        f"{s['textbrewer']} runs in its own venv, fp32. Building the cached soft labels took "
         f"{s['soft_label_build_seconds']:.1f} s once (not in the step time).\n"
     )
     md = [
@@ -548,40 +549,45 @@ def write_outputs(result: dict) -> None:
         "\n",
         harness.md_table(header, table),
         "\n",
-        harness.md_table(["check", "measured"], checks),
+        harness.md_table(["check", "wall", "CPU time"], checks),
     ]
-    prof = result.get("profile")
+    prof = result.get("profile") or {}
     if prof:
+        parts = list(dict.fromkeys(k for p in prof.values() for k in p["share_of_total"]))
+        rows = [[k, *[f"{100 * p['share_of_total'][k]:.1f}%" if k in p["share_of_total"] else "" for p in
+                      prof.values()]] for k in parts]  # fmt: skip
         md += [
-            "\nProfile of (a), bf16, cProfile share of wall time:\n\n",
-            harness.md_table(["part", "share"], [[k, f"{100 * v:.1f}%"] for k, v in prof["share_of_total"].items()]),
+            "\nWhere a bf16 step's wall time goes (cProfile, cumulative; indented parts are inside compute_loss):\n\n",
+            harness.md_table(["part", *prof], rows),
         ]
     md.append("\n" + harness.environment_note(result["machine"], result["calibration"]))
     markdown = "".join(md)
-    harness.write_results("b1_training_throughput", result, markdown)
+    harness.write_results("b1_training_throughput", result, markdown, out_dir)
     if prof:
-        (harness.RESULTS_DIR / "b1_profile.txt").write_text(
-            prof["torch_profiler_top_ops"] + "\n\n" + prof["cprofile_top_tottime"]
-        )
-    fig, ax = harness.new_figure(10, 6)
-    names = [f"{r['system']} [{r['precision']}]" for r in result["systems"].values()]
-    values = [r["samples_per_s"] for r in result["systems"].values()]
-    lo = [v - min(r["samples_per_s_rounds"]) for v, r in zip(values, result["systems"].values())]
-    hi = [max(r["samples_per_s_rounds"]) - v for v, r in zip(values, result["systems"].values())]
-    colors = [
-        "tab:blue"
-        if n.startswith(("(a)", "(b)", "(c)"))
-        else "tab:green"
-        if n.startswith("(f)")
-        else "tab:gray"
-        if n.startswith("(d)")
-        else "tab:orange"
-        for n in names
-    ]
-    ax.barh(names[::-1], values[::-1], xerr=[lo[::-1], hi[::-1]], color=colors[::-1])
-    ax.set_xlabel("training samples/s (median over rounds; bars: min-max)")
-    ax.set_title(f"B1: distillation throughput, batch {s['batch_size']}, 2 CPU threads")
-    harness.save_figure(fig, "b1_training_throughput")
+        text = []
+        for k, p in prof.items():
+            text.append(f"===== {k}: torch.profiler (self CPU) =====\n{p['torch_profiler_top_ops']}\n")
+            text.append(f"===== {k}: cProfile (tottime) =====\n{p['cprofile_top_tottime']}\n")
+        (out_dir / "b1_profile.txt").write_text("\n".join(text))
+    systems = list(result["systems"].values())
+    names = [f"{r['system']} [{r['precision']}]" for r in systems][::-1]
+    colors = [{"(a)": "tab:blue", "(b)": "tab:blue", "(c)": "tab:blue", "(f)": "tab:green", "(d)": "tab:gray"}
+              .get(n[:3], "tab:orange") for n in names]  # fmt: skip
+    fig, _ = harness.new_figure(14, 6)
+    fig.clf()
+    for i, (metric, label) in enumerate(
+        (("samples_per_s", "samples/s (wall)"), ("samples_per_cpu_s", "samples/CPU-s"))
+    ):
+        ax = fig.add_subplot(1, 2, i + 1)
+        values = [r[metric] for r in systems][::-1]
+        lo = [v - min(r[f"{metric}_rounds"]) for v, r in zip(values, systems[::-1])]
+        hi = [max(r[f"{metric}_rounds"]) - v for v, r in zip(values, systems[::-1])]
+        ax.barh(names, values, xerr=[lo, hi], color=colors)
+        ax.set_xlabel(f"{label}: median over rounds, bars min-max")
+        if i:
+            ax.set_yticklabels([])
+    fig.suptitle(f"B1: distillation training throughput, batch {s['batch_size']}, 2 CPU threads")
+    harness.save_figure(fig, "b1_training_throughput", out_dir)
     print("\n" + markdown)
 
 

@@ -118,15 +118,18 @@ def sample_texts(length_tokens: int, count: int, tokenizer) -> list[str]:
     return texts
 
 
-def time_calls(fn, calls: int, warmup: int = 2) -> list[float]:
+def time_calls(fn, calls: int, warmup: int = 2) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU seconds of ``calls`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
-    out = []
+    wall, cpu = [], []
     for _ in range(calls):
-        start = time.perf_counter()
+        start = harness.now()
         fn()
-        out.append(time.perf_counter() - start)
-    return out
+        end = harness.now()
+        wall.append(end[0] - start[0])
+        cpu.append(end[1] - start[1])
+    return wall, cpu
 
 
 def main(argv=None) -> int:
@@ -159,25 +162,26 @@ def main(argv=None) -> int:
     inputs = {n: sample_texts(n, max(batch_sizes), tokenizer) for n in lengths}
     cells = [(b, n) for n in lengths for b in batch_sizes]
     keys = [("tokenizer", "-")] + list(predictors)
-    lat: dict = {(k, c): {"p50": [], "p95": []} for k in keys for c in cells}
+    lat: dict = {(k, c): {"p50": [], "p95": [], "cpu50": []} for k in keys for c in cells}
     calls: dict = {}
     for r in range(args.rounds):
         calibration.log(f"round {r + 1}")
         for b, n in cells:
             texts = inputs[n][:b]
-            for key in keys:
+            for key in keys if r % 2 == 0 else keys[::-1]:  # A B C, then C B A
                 if key[0] == "tokenizer":
                     fn = partial(tokenizer, texts, padding=True, truncation=True, max_length=n, return_tensors="np")
                 else:
                     fn = partial(predictors[key].logits, texts, batch_size=b, max_length=n)
                 if (key, b, n) not in calls:  # size the sample from one timed call, once
-                    one = time_calls(fn, 1, warmup=1)[0]
+                    one = time_calls(fn, 1, warmup=1)[0][0]
                     calls[(key, b, n)] = int(
                         np.clip(args.cell_seconds / max(one, 1e-5), args.min_calls, args.max_calls)
                     )
-                t = time_calls(fn, calls[(key, b, n)])
-                lat[(key, (b, n))]["p50"].append(1000 * harness.percentile(t, 50))
-                lat[(key, (b, n))]["p95"].append(1000 * harness.percentile(t, 95))
+                wall, cpu = time_calls(fn, calls[(key, b, n)])
+                lat[(key, (b, n))]["p50"].append(1000 * harness.percentile(wall, 50))
+                lat[(key, (b, n))]["p95"].append(1000 * harness.percentile(wall, 95))
+                lat[(key, (b, n))]["cpu50"].append(1000 * harness.percentile(cpu, 50))
             print(
                 f"round {r + 1} batch {b} len {n}: "
                 + ", ".join(f"{m}/{v} {lat[((m, v), (b, n))]['p50'][-1]:.1f}" for m, v in keys),
@@ -188,7 +192,7 @@ def main(argv=None) -> int:
     calibration.log("end")
     result = summarise(args, info, calibration.summary(), dirs, trained, variants, cells, lat, calls, accuracy,
                        export_info)  # fmt: skip
-    write_outputs(result)
+    write_outputs(result, args.out)
     return 0
 
 
@@ -208,47 +212,59 @@ def evaluate_all(args, dirs, predictors) -> dict:
 def summarise(args, info, calibration, dirs, trained, variants, cells, lat, calls, accuracy, export_info) -> dict:
     rows = []
     for b, n in cells:
-        ref = harness.median(lat[(("teacher", "torch"), (b, n))]["p50"])
+        ref = lat[(("teacher", "torch"), (b, n))]["p50"]  # per round
         for key in [("tokenizer", "-")] + [(m, v) for m in dirs for v in variants]:
             m, v = key
-            p50 = harness.median(lat[(key, (b, n))]["p50"])
-            fp32_self = accuracy.get((m, "torch"))
-            acc = accuracy.get(key)
-            rows.append({"model": m, "variant": v, "batch": b, "tokens": n, "p50_ms": p50,
-                         "p95_ms": harness.median(lat[(key, (b, n))]["p95"]), "throughput": b / (p50 / 1000),
-                         "speedup_vs_teacher_fp32": ref / p50 if m != "tokenizer" else None,
-                         "calls_per_round": calls[(key, b, n)],
-                         "accuracy": acc, "accuracy_delta_vs_fp32_points":
-                         100 * (acc - fp32_self) if acc is not None and fp32_self is not None else None})  # fmt: skip
+            cell = lat[(key, (b, n))]
+            fp32_self, acc = accuracy.get((m, "torch")), accuracy.get(key)
+            p50 = harness.median(cell["p50"])
+            speedup = harness.median(t / x for t, x in zip(ref, cell["p50"])) if m != "tokenizer" else None
+            delta = 100 * (acc - fp32_self) if acc is not None and fp32_self is not None else None
+            rows.append(
+                {
+                    "model": m,
+                    "variant": v,
+                    "batch": b,
+                    "tokens": n,
+                    "p50_ms": p50,
+                    "p95_ms": harness.median(cell["p95"]),
+                    "cpu_ms_p50": harness.median(cell["cpu50"]),
+                    "throughput": b / (p50 / 1000),
+                    "speedup_vs_teacher_fp32": speedup,
+                    "calls_per_round": calls[(key, b, n)],
+                    "accuracy": acc,
+                    "accuracy_delta_vs_fp32_points": delta,
+                }
+            )
     checks = {}
     for row in rows:
-        if row["model"] != "teacher" and row["model"] != "tokenizer" and row["variant"] in ("onnx-int8", "torch-int8") \
-                and row["batch"] == 1:  # fmt: skip
-            checks[
-                f"{row['model']} {row['variant']} batch 1, {row['tokens']} tokens: speedup vs teacher fp32 "
-                f"(target >= 10x)"
-            ] = f"{row['speedup_vs_teacher_fp32']:.2f}x"
+        student_int8 = row["model"] not in ("teacher", "tokenizer") and row["variant"] in ("onnx-int8", "torch-int8")
+        if student_int8 and row["batch"] == 1:
+            name = f"{row['model']} {row['variant']}, batch 1, {row['tokens']} tokens: speedup vs teacher fp32"
+            checks[f"{name} (target >= 10x)"] = f"{row['speedup_vs_teacher_fp32']:.2f}x"
     for (m, v), acc in accuracy.items():
         if m != "teacher" and v in ("onnx-int8", "torch-int8") and (m, "torch") in accuracy:
-            checks[f"{m} {v}: accuracy change vs its fp32 self (target >= -1 point)"] = \
-                f"{100 * (acc - accuracy[(m, 'torch')]):+.2f} points"  # fmt: skip
+            checks[f"{m} {v}: accuracy change vs its fp32 self (target >= -1 point)"] = (
+                f"{100 * (acc - accuracy[(m, 'torch')]):+.2f} points"
+            )
     return {"benchmark": "B2 serving", "machine": info, "calibration": calibration,
             "models": {k: str(v) for k, v in dirs.items()}, "trained": trained,
             "run": str(args.run) if args.run else None, "exports": export_info, "rows": rows, "checks": checks,
             "accuracy": {f"{m}/{v}": a for (m, v), a in accuracy.items()}}  # fmt: skip
 
 
-def write_outputs(result: dict) -> None:
+def write_outputs(result: dict, out_dir: Path) -> None:
     f = harness.fmt
-    header = ["model", "variant", "batch", "tokens", "p50 ms", "p95 ms", "samples/s", "speedup vs teacher fp32",
-              "test accuracy", "vs fp32 self"]  # fmt: skip
+    header = ["model", "variant", "batch", "tokens", "p50 ms", "p95 ms", "CPU ms p50", "samples/s",
+              "speedup vs teacher fp32", "test accuracy", "vs fp32 self"]  # fmt: skip
     table = []
     for r in result["rows"]:
         acc = f"{100 * r['accuracy']:.2f}%" if r["accuracy"] is not None else "n/a"
         delta = f"{r['accuracy_delta_vs_fp32_points']:+.2f}" if r["accuracy_delta_vs_fp32_points"] is not None else ""
         speed = f"{r['speedup_vs_teacher_fp32']:.2f}x" if r["speedup_vs_teacher_fp32"] is not None else ""
-        table.append([r["model"], r["variant"], r["batch"], r["tokens"], f(r["p50_ms"], 2), f(r["p95_ms"], 2),
-                      f(r["throughput"], 0), speed, acc if r["model"] != "tokenizer" else "", delta])  # fmt: skip
+        row = [r["model"], r["variant"], r["batch"], r["tokens"], f(r["p50_ms"], 2), f(r["p95_ms"], 2)]
+        row += [f(r["cpu_ms_p50"], 2), f(r["throughput"], 0), speed, acc if r["model"] != "tokenizer" else "", delta]
+        table.append(row)
     sizes = [[m, *[f"{(e['sizes_bytes'].get(k) or 0) / 1e6:.1f} MB" for k in ("hf", "onnx", "onnx-int8")],
               f"{e['max_abs_diff'].get('onnx') or 0:.1e}", f"{e['max_abs_diff'].get('onnx-int8') or 0:.1e}"]
              for m, e in result["exports"].items()]  # fmt: skip
@@ -259,7 +275,9 @@ def write_outputs(result: dict) -> None:
     )
     intro = (
         f"{source}. Latency of `load_student(...).logits(texts)` (tokenisation included), p50/p95 per round, "
-        "median over interleaved rounds; samples/s = batch / p50.\n\n"
+        "median over interleaved rounds (A B C, C B A, ...); samples/s = batch / p50; speedup = median of per-round "
+        "ratios; CPU ms = process CPU time per call (all threads; ONNX Runtime's threads spin briefly after each "
+        "run, which counts here).\n\n"
     )
     md = ["## B2 serving\n\n", intro,
           harness.md_table(header, table), "\n",
@@ -268,7 +286,7 @@ def write_outputs(result: dict) -> None:
           harness.md_table(["check", "measured"], [[k, v] for k, v in result["checks"].items()]), "\n",
           harness.environment_note(result["machine"], result["calibration"])]  # fmt: skip
     markdown = "".join(md)
-    harness.write_results("b2_serving", result, markdown)
+    harness.write_results("b2_serving", result, markdown, out_dir)
     rows = [r for r in result["rows"] if r["model"] != "tokenizer"]
     cells = sorted({(r["batch"], r["tokens"]) for r in rows})
     fig, _ = harness.new_figure(12, 6)
@@ -282,7 +300,7 @@ def write_outputs(result: dict) -> None:
         ax.set_xlabel("p50 ms")
         if i:
             ax.set_yticklabels([])
-    harness.save_figure(fig, "b2_serving")
+    harness.save_figure(fig, "b2_serving", out_dir)
     print("\n" + markdown)
 
 

@@ -3,7 +3,8 @@
 1. Distillation runs, each in a fresh subprocess: read and tokenise the data, load the teacher, build (or find) the
    soft labels, cut the student, train it for --steps DistillationTrainer steps. The child reports its RSS after
    each phase; the parent samples the child's RSS every 50 ms and takes its peak (ru_maxrss) from wait4.
-   "cached" trains from the soft-label cache; "live" runs the teacher every step instead.
+   "cached" trains from the soft-label cache; "live" runs the teacher every step instead. These are distil's own
+   pipeline stages (distil.pipeline.run_teacher, run_student) on a small config, the teacher not fine-tuned.
 2. Soft-label cache at 10k, 100k and 1M synthetic rows (x --classes): entries written through
    SoftLabelCache.get_or_build, then a fresh subprocess opens each (checksum verified) and looks up --batches
    random batches of 32 rows spread over the whole cache. Linux counts two kinds of resident memory: anonymous
@@ -46,7 +47,7 @@ def proc_status(pid: int | str = "self") -> dict[str, float]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=640, help="training rows of the distillation runs")
-    p.add_argument("--steps", type=int, default=15, help="training steps of the distillation runs")
+    p.add_argument("--steps", type=int, default=20, help="training steps of the distillation runs")
     p.add_argument("--modes", default="cached,live", help="distillation runs to measure")
     p.add_argument("--sizes", default="10000,100000,1000000", help="synthetic cache rows")
     p.add_argument("--classes", default="2,64", help="logit columns of the synthetic caches (2: binary task)")
@@ -62,46 +63,37 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def child_distill(spec: dict) -> dict:
-    phases = {"python + imports": None}
+    """distil's own stages (teacher -> soft labels -> student), as `distil run` chains them, minus the report."""
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from distil.config import DEFAULT_TEACHER, DataConfig, LossConfig, TrainConfig
-    from distil.data import PadCollator, prepare_data, to_dataset
-    from distil.distill import DistillationTrainer, Distiller, training_arguments
-    from distil.models.loading import load_classifier, load_tokenizer
-    from distil.models.packaged import resolve_model
-    from distil.models.student import select_layers, student_from_teacher
-    from distil.soft_labels import soft_labels_for
+    from transformers import TrainerCallback
 
-    phases["python + imports"] = proc_status()
-    path = resolve_model(DEFAULT_TEACHER)
-    tokenizer = load_tokenizer(path)
-    data = prepare_data(DataConfig(max_train_samples=spec["rows"]))
-    train = to_dataset(data.splits["train"], tokenizer, 64)
-    phases["data"] = proc_status()
-    teacher = load_classifier(path, num_labels=2, id2label=data.id2label, label2id=data.label2id)
-    phases["teacher loaded"] = proc_status()
-    collator = PadCollator(tokenizer.pad_token_id)
-    loss = LossConfig(alpha=0.5, kd_temperature=2.0)
-    if spec["mode"] == "cached":
-        soft = soft_labels_for(teacher, tokenizer, train, collator, spec["cache_dir"], max_length=64)
-        phases["soft labels"] = proc_status()
-        student = student_from_teacher(teacher, select_layers("every-other", 6))
-        del teacher  # the cached run needs the teacher no more, as in distil's pipeline stage
-        distiller = Distiller(loss, soft_labels=soft)
-    else:
-        student = student_from_teacher(teacher, select_layers("every-other", 6))
-        distiller = Distiller(loss, teacher=teacher)
-    phases["student built"] = proc_status()
-    args = training_arguments(TrainConfig(epochs=1), Path(spec["work"]), seed=0, num_train_rows=len(train))
-    import dataclasses
+    from distil import pipeline
+    from distil.config import load_config
 
-    args = dataclasses.replace(args, max_steps=spec["steps"], eval_strategy="no", save_strategy="no",
-                               load_best_model_at_end=False, disable_tqdm=True)  # fmt: skip
-    DistillationTrainer(model=student, args=args, train_dataset=train, data_collator=collator,
-                        distiller=distiller).train()  # fmt: skip
-    phases["trained"] = proc_status()
+    phases = {"python + imports": proc_status()}
+
+    class Marks(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            phases["student: training starts (soft labels, student built)"] = proc_status()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            phases["student: training ends"] = proc_status()
+
+    cfg = load_config(None, {
+        "output_dir": spec["work"], "cache_dir": spec["cache_dir"], "baseline": False,
+        "data": {"max_train_samples": spec["rows"], "max_eval_samples": 64, "extra_test_sets": []},
+        "teacher": {"fine_tune": False},
+        "distill": {"epochs": spec["steps"] * 32 / spec["rows"], "logging_steps": 5},
+    })  # fmt: skip
+    ctx = pipeline.Context(cfg, callbacks=[Marks()])
+    ctx.load_data()
+    phases["data tokenised"] = proc_status()
+    pipeline.run_teacher(ctx)
+    phases["teacher loaded and saved (not fine-tuned)"] = proc_status()
+    pipeline.run_student(ctx, live_teacher=spec["mode"] == "live")
+    phases["student evaluated and saved"] = proc_status()
     return {"phases": phases}
 
 
@@ -232,7 +224,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "B3 memory", "machine": info, "calibration": calibration.summary(),
               "setup": {"rows": args.rows, "steps": args.steps, "batches": args.batches}, "distillation": runs,
               "caches": caches, "checks": checks(caches)}  # fmt: skip
-    write_outputs(result)
+    write_outputs(result, args.out)
     return 0
 
 
@@ -241,7 +233,8 @@ def checks(caches: list[dict]) -> dict:
     for classes in sorted({c["classes"] for c in caches}):
         mm = sorted((c for c in caches if c["classes"] == classes and "memmap" in c["how"]), key=lambda c: c["rows"])
         if len(mm) >= 2:
-            growth = mm[-1]["after"]["RssAnon"] - mm[0]["after"]["RssAnon"]
+            grown = [c["after"]["RssAnon"] - c["before"]["RssAnon"] for c in (mm[0], mm[-1])]
+            growth = grown[1] - grown[0]
             out[
                 f"memmap cache, {classes} classes: RssAnon growth {mm[0]['rows']:,} -> {mm[-1]['rows']:,} rows "
                 f"(file {mm[0]['file_mb']:.1f} -> {mm[-1]['file_mb']:.1f} MB)"
@@ -249,7 +242,7 @@ def checks(caches: list[dict]) -> dict:
     return out
 
 
-def write_outputs(result: dict) -> None:
+def write_outputs(result: dict, out_dir: Path) -> None:
     f = harness.fmt
     phase_rows = []
     for mode, run in result["distillation"].items():
@@ -274,7 +267,7 @@ def write_outputs(result: dict) -> None:
           harness.md_table(["check", "measured"], [[k, v] for k, v in result["checks"].items()]), "\n",
           harness.environment_note(result["machine"], result["calibration"])]  # fmt: skip
     markdown = "".join(md)
-    harness.write_results("b3_memory", result, markdown)
+    harness.write_results("b3_memory", result, markdown, out_dir)
     fig, _ax = harness.new_figure(11, 5)
     fig.clf()
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
@@ -295,7 +288,7 @@ def write_outputs(result: dict) -> None:
     right.set_ylabel("MB")
     right.set_title("soft-label cache lookups")
     right.legend(fontsize=8)
-    harness.save_figure(fig, "b3_memory")
+    harness.save_figure(fig, "b3_memory", out_dir)
     print("\n" + markdown)
 
 

@@ -162,3 +162,16 @@ def environment_note(info: dict, calibration: dict) -> str:
         f"(1024^2 fp32): {calibration['min_gflops']:.1f}-{calibration['max_gflops']:.1f} GFLOP/s "
         f"(max/min {calibration['drift']}).\n"
     )
+
+
+def now() -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds over all its threads): CPU time is what a step costs in work, so
+    it moves far less than wall time when another job takes cores away."""
+    return time.perf_counter(), time.process_time()
+
+
+def intervals(marks: list[tuple[float, float]], skip: int = 0) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds between consecutive ``now()`` marks, dropping the first ``skip`` intervals."""
+    wall = [b[0] - a[0] for a, b in zip(marks, marks[1:])][skip:]
+    cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])][skip:]
+    return wall, cpu

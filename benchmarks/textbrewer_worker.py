@@ -5,7 +5,7 @@ the parent built, and answers one JSON command per stdin line, so the parent can
 systems (A B A B):
 
     {"cmd": "run", "hidden": false, "batches": [[row, ...], ...], "warmup": 2, "dynamic": true}
-        -> {"intervals": [seconds per measured step, ...]}
+        -> {"wall": [seconds per measured step, ...], "cpu": [CPU seconds of the process per step, ...]}
     {"cmd": "quit"}
 
 Each "run" builds a fresh GeneralDistiller on a fresh copy of the student and trains it for len(batches) steps on
@@ -47,13 +47,13 @@ class TimedBatches:
 
     def __init__(self, arrays: dict, lengths, batches: list[list[int]], dynamic: bool):
         self.arrays, self.lengths, self.batches, self.dynamic = arrays, lengths, batches, dynamic
-        self.fetched: list[float] = []
+        self.fetched: list[tuple[float, float]] = []
 
     def __iter__(self):
         import torch
 
         for rows in self.batches:
-            self.fetched.append(time.perf_counter())
+            self.fetched.append((time.perf_counter(), time.process_time()))
             idx = torch.tensor(rows)
             width = int(self.lengths[rows].max()) if self.dynamic else self.arrays["input_ids"].shape[1]
             batch = {k: v[idx, :width] if v.dim() == 2 else v[idx] for k, v in self.arrays.items()}  # (B, L) / (B,)
@@ -131,7 +131,8 @@ def run(setup: dict, arrays, lengths, teacher, student0, cmd: dict) -> dict:
             )
     t = batches.fetched
     warmup = int(cmd["warmup"])
-    return {"intervals": [t[k + 1] - t[k] for k in range(warmup, len(t) - 1)]}
+    measured = range(warmup, len(t) - 1)
+    return {"wall": [t[k + 1][0] - t[k][0] for k in measured], "cpu": [t[k + 1][1] - t[k][1] for k in measured]}
 
 
 def main() -> int:

@@ -122,3 +122,56 @@ def test_every_recipe_loads():
     for name in ("kd", "distilbert", "tinybert", "minilm"):
         cfg = load_config(name)
         assert cfg.loss.uses_features or cfg.stages or name == "kd"
+
+
+def test_two_teachers_through_the_cli(tiny_teacher, tmp_path, capsys):
+    """A second fine-tuned teacher of the same task: each keeps its own cache entry, the student learns from both."""
+    common = [
+        "--data.max_train_samples",
+        "64",
+        "--data.max_eval_samples",
+        "32",
+        "--data.max_length",
+        "24",
+        "--data.extra_test_sets",
+        "[]",
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--teacher.fine_tune",
+        "false",
+        "--eval.latency_repeats",
+        "1",
+        "--eval.latency_batch_sizes",
+        "[1]",
+        "--distill.epochs",
+        "1",
+        "--baseline",
+        "false",
+    ]
+    first = tmp_path / "first"
+    fine_tune = ["--teacher.fine_tune", "true", "--teacher.train.epochs", "1"]  # a second, different teacher
+    assert main(["teacher", "--teacher.model", tiny_teacher, "--output_dir", str(first), *common, *fine_tune]) == 0
+    out = tmp_path / "two"
+    assert (
+        main(
+            [
+                "run",
+                "kd",
+                "--teacher.model",
+                tiny_teacher,
+                "--teacher.additional",
+                f"[{first / 'teacher'}]",
+                "--teacher.weights",
+                "[0.7, 0.3]",
+                "--output_dir",
+                str(out),
+                *common,
+            ]
+        )
+        == 0
+    )
+    info = json.loads((out / "soft_labels.json").read_text())
+    assert info["teachers"] == 2 and info["status"].count("teacher") == 2
+    entries = [p for p in (tmp_path / "cache" / "soft_labels").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 2  # one verified cache entry per teacher
+    assert (out / "student" / "model.safetensors").is_file()
