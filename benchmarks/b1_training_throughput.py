@@ -382,7 +382,7 @@ def profile_system(bench: Bench, kind: str, steps: int) -> dict:
             k: round(breakdown[k] / total, 4) for k in dict.fromkeys(PROFILED_PARTS.values()) if k in breakdown
         },
         "torch_profiler_top_ops": ops,
-        "cprofile_top_tottime": text[text.find("ncalls") - 200 :],
+        "cprofile_top_tottime": text[max(0, text.find("   ncalls")) :],
     }
 
 
@@ -553,7 +553,9 @@ def write_outputs(result: dict, out_dir: Path) -> None:
     ]
     prof = result.get("profile") or {}
     if prof:
-        parts = list(dict.fromkeys(k for p in prof.values() for k in p["share_of_total"]))
+        parts = [
+            k for k in dict.fromkeys(PROFILED_PARTS.values()) if any(k in p["share_of_total"] for p in prof.values())
+        ]
         rows = [[k, *[f"{100 * p['share_of_total'][k]:.1f}%" if k in p["share_of_total"] else "" for p in
                       prof.values()]] for k in parts]  # fmt: skip
         md += [

@@ -19,8 +19,8 @@ Models: with --run RUN (default runs/default when it exists) the run's teacher/ 
 all-MiniLM-L6-v2 teacher with a random head and a student cut from its layers [0, 2, 4], untrained (accuracy n/a).
 --tiny also times an untrained TinyBERT-4-shaped student (4 x 312, FFN 1200) for the speed it would reach.
 
-    python benchmarks/b2_serving.py --run runs/default
-    python benchmarks/b2_serving.py --rounds 5 --tiny
+    python benchmarks/b2_serving.py --run runs/default                        # ~6 min on 2 cores
+    python benchmarks/b2_serving.py --run runs/default --tiny --variants torch,torch-bf16,torch-int8,onnx,onnx-int8
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from distil.models.student import select_layers, student_from_config, student_fr
 from distil.serving import load_student
 
 VARIANTS = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
+DEFAULT_VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run", type=Path, default=None, help="a finished run dir with teacher/ and student/")
     p.add_argument("--baseline", action="store_true", help="also serve RUN/baseline")
     p.add_argument("--tiny", action="store_true", help="also time an untrained 4 x 312 student (speed only)")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     p.add_argument("--batch-sizes", default="1,32")
     p.add_argument("--lengths", default="16,128")
     p.add_argument("--rounds", type=int, default=3)
@@ -118,7 +119,7 @@ def sample_texts(length_tokens: int, count: int, tokenizer) -> list[str]:
     return texts
 
 
-def time_calls(fn, calls: int, warmup: int = 2) -> tuple[list[float], list[float]]:
+def time_calls(fn, calls: int, warmup: int = 1) -> tuple[list[float], list[float]]:
     """Wall and process-CPU seconds of ``calls`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()

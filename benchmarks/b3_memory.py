@@ -259,8 +259,10 @@ def write_outputs(result: dict, out_dir: Path) -> None:
           (f"Distillation runs: {s['rows']} rows, {s['steps']} steps, batch 32, MiniLM-L6 teacher, 3-layer student, "
           "fresh subprocess each; RSS in MB from /proc/self/status after each phase.\n\n"),
           harness.md_table(["run", "phase", "VmRSS", "RssAnon", "RssFile", "VmHWM"], phase_rows), "\n",
-          (f"Soft-label cache: {s['batches']} random lookups of 32 rows each over the whole cache, fresh subprocess "
-          "per row; RSS in MB (before = after imports, before opening).\n\n"),
+          (f"Soft-label cache: {s['batches']} random lookups of 32 rows each over the whole cache, a fresh "
+          "subprocess for each table row; RSS in MB (before = after imports, before opening). RssFile = "
+          "touched pages of the memory-mapped file (page cache: shared, reclaimable); peak RSS (ru_maxrss) counts "
+          "them too.\n\n"),
           harness.md_table(["rows", "classes", "file MB", "opened with", "RssAnon before", "RssAnon after",
                             "RssAnon growth", "RssFile growth", "peak RSS", "open s (incl. sha256)",
                             "lookup us (median)"], cache_rows), "\n",
