@@ -20,6 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: no spinning threads on a shared machine
 
 from distil import pipeline  # noqa: E402
 from distil.config import RunConfig, from_dict, load_config, merge, to_dict  # noqa: E402
@@ -39,6 +40,21 @@ SIZES = {
     },
 }
 RECIPES = ["no-teacher", "kd", "distilbert", "tinybert", "tinybert-noaug", "tinybert-nogd", "minilm"]
+# The cells that answer "which recipe wins at each size" first; the ablations after.
+DEFAULT_ORDER = [
+    "3L:no-teacher",
+    "3L:kd",
+    "2L:no-teacher",
+    "2L:kd",
+    "4x312:no-teacher",
+    "4x312:kd",
+    "4x312:tinybert",
+    "4x312:minilm",
+    "3L:distilbert",
+    "2L:distilbert",
+    "4x312:tinybert-noaug",
+    "4x312:tinybert-nogd",
+]
 PUBLISHED = [("DistilBERT (6L from BERT-base, GLUE)", "97%", "1.6x"), ("TinyBERT-4 (4x312, GLUE)", "96.8%", "9.4x")]
 
 
@@ -87,7 +103,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"cells": {}}
-    cells = args.cells or [f"{s}:{r}" for s in SIZES for r in RECIPES]
+    cells = args.cells or DEFAULT_ORDER + [
+        f"{s}:{r}" for s in SIZES for r in RECIPES if f"{s}:{r}" not in DEFAULT_ORDER
+    ]
 
     ctx = pipeline.Context(from_dict(RunConfig, merge(base, {"output_dir": str(out / "work")})))
     ctx.load_data()
