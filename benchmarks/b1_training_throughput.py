@@ -338,11 +338,11 @@ class TextBrewerWorker:
 
 PROFILED_PARTS = {  # (file suffix, function) -> what it is; cumulative times, so nested parts overlap
     ("distil/distill.py", "compute_loss"): "compute_loss (forwards + losses)",
+    ("distil/distill.py", "teacher_logits"): "  of which: teacher logits (cache lookup or live forward)",
+    ("distil/soft_labels.py", "lookup"): "  of which: soft-label lookup (memmap gather)",
     ("distil/feature_distill.py", "_run_teacher"): "  of which: live teacher forward (+ its hooks)",
     ("distil/feature_distill.py", "_feature_parts"): "  of which: feature losses",
     ("distil/models/features.py", "_record"): "  of which: feature hooks recording",
-    ("distil/distill.py", "teacher_logits"): "  of which: teacher logits (cache lookup or live forward)",
-    ("distil/soft_labels.py", "lookup"): "  of which: soft-label lookup (memmap gather)",
     ("torch/_tensor.py", "backward"): "backward",
     ("torch/optim/adam.py", "step"): "AdamW step",
     ("torch/optim/adamw.py", "step"): "AdamW step",

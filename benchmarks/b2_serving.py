@@ -26,6 +26,7 @@ all-MiniLM-L6-v2 teacher with a random head and a student cut from its layers [0
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from functools import partial
@@ -63,6 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-accuracy", action="store_true", help="skip the test-split evaluation of each variant")
     p.add_argument("--out", type=Path, default=harness.RESULTS_DIR)
+    p.add_argument("--keep-exports", action="store_true", help="keep OUT/b2_export and OUT/b2_models afterwards")
     args = p.parse_args(argv)
     if args.run is None and Path("runs/default/report.json").is_file():
         args.run = Path("runs/default")
@@ -194,6 +196,9 @@ def main(argv=None) -> int:
     result = summarise(args, info, calibration.summary(), dirs, trained, variants, cells, lat, calls, accuracy,
                        export_info)  # fmt: skip
     write_outputs(result, args.out)
+    if not args.keep_exports:
+        for folder in ("b2_export", "b2_models"):
+            shutil.rmtree(args.out / folder, ignore_errors=True)
     return 0
 
 
