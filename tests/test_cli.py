@@ -112,6 +112,7 @@ def test_run_kill_resume_matches_uninterrupted(tiny_teacher_dir, tmp_path):
     assert report["models"]["student"]["parameters"] < report["models"]["teacher"]["parameters"]
     assert report["data"]["splits"] == {"train": 320, "validation": 96, "test": 96}
     assert report["soft_labels"]["status"] == "hit"
+    assert len(report["verdicts"]) == 2 and report["verdicts"][0].startswith("test: distilled student")
     for name in (
         "report.md",
         "plots/training_curves.png",

@@ -87,11 +87,37 @@ def run_eval(ctx) -> dict:
         "soft_labels": read_json(soft) if soft.is_file() else None,
         "timings": {k: round(v, 1) for k, v in ctx.timings.items()},
     }
+    report["verdicts"] = verdicts(report)
     write_text(ctx.out / "report.md", render_markdown(report))
     plot_report(ctx, report)
     write_json(ctx.out / "report.json", report)
     print(render_table(report))
+    for line in report["verdicts"]:
+        print(line)
     return report
+
+
+def verdicts(report: dict) -> list[str]:
+    """Plain-language comparison of the distilled student with the baseline, against the test-set noise.
+
+    The standard error of an accuracy p on n examples is sqrt(p(1-p)/n); the difference of two models scored on
+    the same n examples is called a gain only when it exceeds twice sqrt(2) times that (a rough two-sigma rule).
+    """
+    models = report["models"]
+    if "student" not in models or "baseline" not in models:
+        return []
+    sizes = {"test": report["data"]["splits"]["test"], **report["data"]["extra_test_sets"]}
+    lines = []
+    for name, n in sizes.items():
+        s, b = models["student"][name]["accuracy"], models["baseline"][name]["accuracy"]
+        se = (max(s * (1 - s), 1e-9) / n) ** 0.5 * 2**0.5
+        diff = s - b
+        word = "within noise" if abs(diff) < 2 * se else ("better" if diff > 0 else "worse")
+        lines.append(
+            f"{name}: distilled student {100 * diff:+.2f} points vs the same student without teacher "
+            f"(n={n}, standard error of the difference ~{100 * se:.2f}): {word}"
+        )
+    return lines
 
 
 def _threads() -> int:
@@ -149,6 +175,8 @@ def render_markdown(report: dict) -> str:
         f"Timings (s): {report['timings']}.",
         "",
     ]
+    if report.get("verdicts"):
+        md += ["What distillation bought here:", ""] + [f"- {v}" for v in report["verdicts"]] + [""]
     if report.get("soft_labels"):
         s = report["soft_labels"]
         md.append(f"Soft labels: {s['status']} (fingerprint `{s['fingerprint']}`, shape {s['shape']}).")
