@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distil.io import atomic_dir, write_json
+from distil.models.loading import vocabulary_fingerprint
 
 FORMAT_VERSION = 1
 
@@ -172,7 +173,7 @@ def soft_labels_for(
     settings = {
         "max_length": max_length,
         "tokenizer": type(tokenizer).__name__,
-        "vocab": hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest(),
+        "vocab": vocabulary_fingerprint(tokenizer),
     }
     key = fingerprint(teacher_hash or hash_model(teacher), hash_dataset(dataset), settings)
     num_labels = teacher.config.num_labels

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from distil.config import ConfigError
 from distil.errors import DistilError
 from distil.io import atomic_dir, write_json
+from distil.models.loading import vocabulary_fingerprint
 
 AUGMENT_FORMAT_VERSION = 1
 EMBEDDING_CHUNK = 1024  # queries per cosine-similarity matmul: (1024, H) @ (H, ~22k) stays ~90 MB in float32
@@ -100,11 +101,6 @@ class _Word:
     end: int
     positions: list[int]  # indices into the sentence's input_ids ([CLS] is 0)
     ids: tuple[int, ...]
-
-
-def vocab_hash(tokenizer) -> str:
-    """sha256 of the tokenizer's vocabulary (the same hash the soft-label fingerprint uses)."""
-    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
 
 
 def candidate_vocab(tokenizer, num_rows: int) -> np.ndarray:
@@ -409,7 +405,7 @@ def augment_key(frame: pd.DataFrame, tokenizer, cfg: AugmentConfig, model_hash: 
             {
                 "v": AUGMENT_FORMAT_VERSION,
                 "cfg": settings,
-                "vocab": vocab_hash(tokenizer),
+                "vocab": vocabulary_fingerprint(tokenizer),
                 "model": model_hash,
                 "columns": list(map(str, frame.columns)),
                 "rows": len(frame),
