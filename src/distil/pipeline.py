@@ -11,7 +11,6 @@ A stage's directory appears only when the stage completed (written under a tempo
 
 from __future__ import annotations
 
-import copy
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -442,7 +441,3 @@ def run_all(ctx: Context) -> dict:
 def previous_history(ctx: Context, stage: str) -> dict:
     path = ctx.stage_dir(stage) / "training_history.json"
     return read_json(path) if path.is_file() else {}
-
-
-def clone_config(cfg: RunConfig) -> RunConfig:
-    return copy.deepcopy(cfg)
