@@ -14,17 +14,21 @@ from distil.errors import DistilError
 from distil.losses.logits import as_constant, check_mask, masked_mean
 
 
+def check_same_tokens(what: str, student_x: Tensor, teacher_x: Tensor, kind: str = "hidden states") -> None:
+    """Raise DistilError unless both are (B, L, D) over the same batch and tokens (widths may differ)."""
+    if student_x.dim() != 3 or teacher_x.dim() != 3:
+        raise DistilError(
+            f"{what}: {kind} must be (B, L, D); got student {tuple(student_x.shape)}, teacher {tuple(teacher_x.shape)}"
+        )
+    if student_x.shape[:2] != teacher_x.shape[:2]:
+        raise DistilError(
+            f"{what}: student (B, L) = {tuple(student_x.shape[:2])} != teacher "
+            f"{tuple(teacher_x.shape[:2])}; feed both models the same tokenised batch"
+        )
+
+
 def _check_hidden(what: str, student_hidden: Tensor, teacher_hidden: Tensor, module: str) -> None:
-    if student_hidden.dim() != 3 or teacher_hidden.dim() != 3:
-        raise DistilError(
-            f"{what}: hidden states must be (B, L, D); got student {tuple(student_hidden.shape)}, "
-            f"teacher {tuple(teacher_hidden.shape)}"
-        )
-    if student_hidden.shape[:2] != teacher_hidden.shape[:2]:
-        raise DistilError(
-            f"{what}: student (B, L) = {tuple(student_hidden.shape[:2])} != teacher "
-            f"{tuple(teacher_hidden.shape[:2])}; feed both models the same tokenised batch"
-        )
+    check_same_tokens(what, student_hidden, teacher_hidden)
     if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
         d_s, d_t = student_hidden.shape[-1], teacher_hidden.shape[-1]
         raise DistilError(

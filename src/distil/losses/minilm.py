@@ -15,20 +15,12 @@ from torch import Tensor, nn
 
 from distil.errors import DistilError
 from distil.losses.attention import check_attention_shapes, masked_row_kl, safe_log
+from distil.losses.hidden import check_same_tokens
 from distil.losses.logits import as_constant, check_mask
 
 
 def _check_sequences(what: str, student_x: Tensor, teacher_x: Tensor) -> None:
-    if student_x.dim() != 3 or teacher_x.dim() != 3:
-        raise DistilError(
-            f"{what}: inputs must be (B, L, D) projection outputs; got student {tuple(student_x.shape)}, "
-            f"teacher {tuple(teacher_x.shape)}"
-        )
-    if student_x.shape[:2] != teacher_x.shape[:2]:
-        raise DistilError(
-            f"{what}: student (B, L) = {tuple(student_x.shape[:2])} != teacher {tuple(teacher_x.shape[:2])}; "
-            "feed both models the same tokenised batch"
-        )
+    check_same_tokens(what, student_x, teacher_x, kind="inputs (q/k/v projection outputs)")
 
 
 def relation_log_probs(x: Tensor, num_heads: int, attention_mask: Tensor | None, what: str, role: str) -> Tensor:
