@@ -180,7 +180,8 @@ class StudentConfig:
     lstm_num_layers: int = 1
     """LSTM student: stacked layers."""
     allow_different_vocab: bool = False
-    """Allow a pretrained student whose tokenizer differs from the teacher's (logit losses only)."""
+    """Allow a pretrained student whose tokenizer differs from the teacher's: each model reads its own tokens
+    (soft labels from the teacher's; token-level losses on rows both split into the same word pieces)."""
 
     def __post_init__(self):
         if isinstance(self.layers, str):

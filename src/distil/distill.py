@@ -21,9 +21,18 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from distil.config import LossConfig, TrainConfig
+from distil.data.prepare import TEACHER_PREFIX
 from distil.errors import DistilError
 from distil.losses.logits import kd_objective
 from distil.soft_labels import SoftLabels
+
+
+def split_inputs(inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(student inputs, teacher inputs) of a batch: the teacher reads ``teacher_*`` columns when the batch has them
+    (teacher and student tokenise differently), otherwise the student's own inputs."""
+    student = {k: v for k, v in inputs.items() if not k.startswith(TEACHER_PREFIX)}
+    teacher = {k[len(TEACHER_PREFIX) :]: v for k, v in inputs.items() if k.startswith(TEACHER_PREFIX)}
+    return student, (teacher or student)
 
 
 def logits_of(outputs) -> torch.Tensor:
@@ -87,8 +96,9 @@ class Distiller(nn.Module):
         This is the one method the trainer calls; a distiller that needs the student's inner features
         (distil.feature_distill) wraps the student's forward here.
         """
-        logits = logits_of(model(**inputs))  # (B, C)
-        loss, parts = self(logits, labels, inputs, idx)
+        student_inputs, teacher_inputs = split_inputs(inputs)
+        logits = logits_of(model(**student_inputs))  # (B, C)
+        loss, parts = self(logits, labels, teacher_inputs, idx)
         return loss, parts, logits
 
 
@@ -147,7 +157,7 @@ class DistillationTrainer(Trainer):
             with self.accelerator.autocast():
                 loss, parts, logits = self.distiller.compute(model, inputs, labels, idx)
         else:
-            logits = logits_of(model(**inputs))  # (B, C)
+            logits = logits_of(model(**split_inputs(inputs)[0]))  # (B, C)
             loss = F.cross_entropy(logits.float(), labels)
             parts = {"ce": loss}
         if not torch.isfinite(loss):

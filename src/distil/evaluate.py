@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from distil.distill import classification_metrics, logits_of
+from distil.distill import classification_metrics, logits_of, split_inputs
 
 
 @torch.inference_mode()
@@ -24,7 +24,7 @@ def predict_logits(model, dataset, collator, batch_size: int = 64, desc: str = "
         batch = collator([dataset[int(i)] for i in rows])
         idx = batch.pop("idx")
         batch.pop("labels", None)
-        logits = logits_of(model(**batch)).float().numpy()  # (B, C)
+        logits = logits_of(model(**split_inputs(batch)[0])).float().numpy()  # (B, C); the student's own tokens
         if out is None:
             out = np.zeros((len(dataset), logits.shape[-1]), dtype=np.float32)
         out[idx.numpy()] = logits

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, TrainerCallback
 
 from distil.config import FEATURE_WEIGHTS, LossConfig
-from distil.distill import Distiller, logits_of
+from distil.distill import Distiller, logits_of, split_inputs
 from distil.errors import DistilError
 from distil.io import atomic_path
 from distil.losses import (
@@ -319,7 +319,9 @@ class FeatureDistiller(nn.Module):
         Args:
             model: the student given at construction (or a wrapper calling it).
             inputs: the model inputs, (B, L) each; ``mlm_labels`` (B, L), -100 = not masked, is taken out and
-                used by the MLM term (and restricts a token-level logit term to the masked positions).
+                used by the MLM term (and restricts a token-level logit term to the masked positions);
+                ``teacher_input_ids``/``teacher_attention_mask`` (B, L), when present, are what the teacher reads
+                (teacher and student tokenise differently; token-level terms then need equal lengths per row).
             labels: (B,) class labels, or None (then alpha must be 0).
             idx: (B,) training row indices, needed when soft labels are cached.
 
@@ -338,8 +340,11 @@ class FeatureDistiller(nn.Module):
                 "loss.mlm_weight > 0 but the batch has no 'mlm_labels' (B, L); feed masked-LM batches "
                 "(token ids to predict, -100 elsewhere) or set mlm_weight to 0"
             )
+        inputs, teacher_inputs = split_inputs(inputs)
         mask = inputs.get("attention_mask")
-        teacher_logits, teacher_feats = self._run_teacher(inputs, idx)
+        if teacher_inputs is not inputs and self.teacher_tap is not None:
+            self._check_aligned(inputs, teacher_inputs)
+        teacher_logits, teacher_feats = self._run_teacher(teacher_inputs, idx)
         if self.student_tap is None:
             logits, student_feats = logits_of(model(**inputs)), None
         else:
@@ -357,6 +362,20 @@ class FeatureDistiller(nn.Module):
             )  # over (B * L) masked tokens
         total, _ = combine(parts, {name: w for name, w in self.weights.items() if name in parts})
         return total, parts, logits
+
+    @staticmethod
+    def _check_aligned(inputs: dict[str, Tensor], teacher_inputs: dict[str, Tensor]) -> None:
+        """Token-level terms compare position i of both models: the two tokenisations must line up."""
+        s_mask, t_mask = inputs.get("attention_mask"), teacher_inputs.get("attention_mask")
+        same = inputs["input_ids"].shape == teacher_inputs["input_ids"].shape and (
+            s_mask is None or t_mask is None or bool((s_mask == t_mask).all())
+        )
+        if not same:
+            raise DistilError(
+                "token-level loss: a batch's teacher and student tokenisations differ in length "
+                f"({tuple(teacher_inputs['input_ids'].shape)} vs {tuple(inputs['input_ids'].shape)}); train "
+                "token-level terms on rows whose 'aligned' column is true (the pipeline does this)"
+            )
 
     def _run_teacher(self, inputs: dict[str, Tensor], idx: Tensor | None) -> tuple[Tensor | None, Features | None]:
         """(teacher logits or None, teacher Features or None); the teacher runs only when something needs it."""

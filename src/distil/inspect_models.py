@@ -23,6 +23,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from distil.config import FEATURE_WEIGHTS, LossConfig
+from distil.data.prepare import tokens_align
 from distil.errors import DistilError
 from distil.feature_distill import (
     has_mlm_head,
@@ -130,6 +131,21 @@ def describe_model(model: nn.Module, source: str) -> dict[str, Any]:
     return info
 
 
+PROBE_TEXTS = (
+    "A thoroughly enjoyable film, with a naive but charming lead.",
+    "The plot drags; the jokes don't land, and the ending is a mess.",
+    "Shares rose 3.5% after the company's quarterly results beat forecasts.",
+    "I can't believe how good this was!!! 10/10 would watch again :)",
+    "Neither the script nor the direction rises above the cliches of the genre.",
+    "The minister said the new law would take effect in January 2025.",
+    "Great phone, terrible battery life.",
+    "An ambitious, sprawling epic that never quite finds its footing.",
+)
+"""Sentences on which `distil inspect` checks whether two tokenizers split text into the same word pieces."""
+MIN_ALIGNED = 0.75
+"""Token-level terms across two tokenizers run only when at least this share of the probe sentences align."""
+
+
 def compare_vocabularies(
     teacher: dict, student: dict, teacher_tok: Any, student_tok: Any, why: tuple[str | None, str | None]
 ) -> dict[str, Any]:
@@ -142,6 +158,13 @@ def compare_vocabularies(
         "teacher_tokens": len(teacher_tok) if teacher_tok is not None else None,
         "student_tokens": len(student_tok) if student_tok is not None else None,
     }
+    both = teacher_tok is not None and student_tok is not None
+    if both:  # share of probe sentences both split into the same word pieces (token-level terms need it)
+        same = [
+            tokens_align(student_tok, teacher_tok, student_tok(t)["input_ids"], teacher_tok(t)["input_ids"])
+            for t in PROBE_TEXTS
+        ]
+        out["aligned_probe"] = sum(same) / len(PROBE_TEXTS)
     rows = (teacher["vocab_size"], student["vocab_size"])
     if None not in rows and rows[0] != rows[1]:
         return {
@@ -149,7 +172,7 @@ def compare_vocabularies(
             "same": False,
             "detail": f"embedding tables differ: teacher {rows[0]} rows, student {rows[1]} rows",
         }
-    if teacher_tok is not None and student_tok is not None:
+    if both:
         t_vocab, s_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
         if t_vocab == s_vocab:
             return {**out, "same": True, "detail": f"same vocabulary ({len(t_vocab)} tokens)"}
@@ -222,15 +245,22 @@ def _verdict(weight: str, problems: dict[str, str], vocab: dict, student: nn.Mod
     if weight in problems:
         return False, problems[weight]
     token_level = weight != "logits_weight" or has_mlm_head(student)
-    if vocab["same"] is False and token_level:
+    if vocab["same"] is False and (weight == "mlm_weight" or (token_level and weight == "logits_weight")):
+        return False, f"{vocab['detail']}: masked-LM outputs are over each model's own vocabulary"
+    aligned = vocab.get("aligned_probe")
+    if vocab["same"] is False and token_level and (aligned is None or aligned < MIN_ALIGNED):
+        share = "unknown" if aligned is None else f"{aligned:.0%}"
         return False, (
-            f"{vocab['detail']}: token-level losses need the same vocabulary (both models read one tokenised batch)"
+            f"{vocab['detail']}: token-level terms compare position i of both models, but the two tokenizers give "
+            f"the same word pieces on {share} of the probe sentences (need {MIN_ALIGNED:.0%})"
+        )
+    if vocab["same"] is False and token_level:
+        return True, (
+            f"{vocab['detail']}: each model reads its own tokens (student.allow_different_vocab); position i is "
+            "compared only on rows both split into the same word pieces, the others are left out of this term"
         )
     if vocab["same"] is False:
-        return True, (
-            "needs the same label set only; with different vocabularies the teacher's logits must come "
-            "from the soft-label cache, computed on the teacher's own tokens"
-        )
+        return True, ("needs the same label set only; each model reads its own tokens (student.allow_different_vocab)")
     return True, ""
 
 

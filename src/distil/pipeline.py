@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 from transformers import set_seed
 
 from distil.config import RunConfig, StageConfig, dump_yaml, to_dict
-from distil.data import PadCollator, TaskData, prepare_data, to_dataset
+from distil.data import PadCollator, TaskData, add_teacher_tokens, prepare_data, to_dataset
 from distil.distill import DistillationTrainer, accuracy_metrics, training_arguments
 from distil.errors import DistilError
 from distil.io import atomic_dir, atomic_path, read_json, write_json, write_text
@@ -42,7 +43,11 @@ class Context:
     callbacks: list = field(default_factory=list)
     data: TaskData | None = None
     tokenizer: object = None
+    student_tokenizer: object = None
+    """The student's own tokenizer when it differs from the teacher's (a pretrained student); None otherwise."""
     datasets: dict = field(default_factory=dict)
+    frames: dict = field(default_factory=dict)
+    student_datasets: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -55,18 +60,45 @@ class Context:
     def done(self, stage: str) -> bool:
         return (self.stage_dir(stage) / "config.json").is_file()
 
-    def collator(self) -> PadCollator:
-        pad = self.tokenizer.pad_token_id
-        return PadCollator(pad if pad is not None else 0)
+    def collator(self, student: bool = False) -> PadCollator:
+        """Pads the teacher's datasets, or with ``student`` the student's (which may carry the teacher's tokens)."""
+        pad = self.tokenizer.pad_token_id or 0
+        if student and self.student_tokenizer is not None:
+            return PadCollator(self.student_tokenizer.pad_token_id or 0, teacher_pad_token_id=pad)
+        return PadCollator(pad)
+
+    def student_dataset(self, name: str):
+        """``datasets[name]`` as the student reads it: the same rows in the student's own tokens, with the
+        teacher's tokens beside them, when the two tokenizers differ; otherwise ``datasets[name]`` itself."""
+        if self.student_tokenizer is None:
+            return self.datasets[name]
+        if name not in self.student_datasets:
+            max_len = self.cfg.general_data.max_length if name == "general" else self.cfg.data.max_length
+            own = to_dataset(self.frames[name], self.student_tokenizer, max_len)
+            self.student_datasets[name] = add_teacher_tokens(
+                own, self.datasets[name], self.student_tokenizer, self.tokenizer
+            )
+        return self.student_datasets[name]
+
+    def tokenizer_of(self, stage: str):
+        """The tokenizer a saved stage reads."""
+        return self.student_tokenizer if stage != "teacher" and self.student_tokenizer is not None else self.tokenizer
 
     def load_data(self) -> None:
         """Read, split and tokenise the data once per process (the teacher's tokenizer is the run's)."""
         if self.data is not None:
             return
         self.tokenizer = load_tokenizer(resolve_model(self.cfg.teacher.model))
+        s = self.cfg.student
+        if s.init == "pretrained":
+            own = load_tokenizer(resolve_model(s.pretrained))
+            if not check_same_vocabulary(self.tokenizer, own, allow_different=s.allow_different_vocab):
+                self.student_tokenizer = own
+                print(f"student tokenizer ({s.pretrained}) differs from the teacher's: each reads its own tokens")
         self.data = prepare_data(self.cfg.data)
         max_len = self.cfg.data.max_length
         for name, frame in {**self.data.splits, **{f"extra:{k}": v for k, v in self.data.extra_tests.items()}}.items():
+            self.frames[name] = frame
             self.datasets[name] = to_dataset(frame, self.tokenizer, max_len)
         skipped = {k: v for k, v in self.data.skipped_empty.items() if v}
         sizes = ", ".join(f"{k} {len(v)}" for k, v in self.data.splits.items())
@@ -102,23 +134,32 @@ def write_config(ctx: Context) -> None:
 
 
 def _fit(
-    ctx: Context, stage: str, model, train_cfg, distiller=None, train_dataset=None, evaluate: bool = True
+    ctx: Context,
+    stage: str,
+    model,
+    train_cfg,
+    distiller=None,
+    train_dataset=None,
+    evaluate: bool = True,
+    student: bool = True,
 ) -> dict:
-    """Train ``model`` with the Trainer (resuming from the stage's last checkpoint), keep the best on validation."""
+    """Train ``model`` with the Trainer (resuming from the stage's last checkpoint), keep the best on validation.
+    ``student``: the model reads the student's datasets (false for the teacher)."""
     from distil.feature_distill import DistillerCheckpointCallback, load_distiller_state
 
     work = ctx.out / "work" / stage
     if not ctx.resume and work.exists():
         shutil.rmtree(work)
-    train_dataset = train_dataset if train_dataset is not None else ctx.datasets["train"]
+    view = ctx.student_dataset if student else ctx.datasets.__getitem__
+    train_dataset = train_dataset if train_dataset is not None else view("train")
     args = training_arguments(train_cfg, work, ctx.cfg.seed, len(train_dataset), evaluate=evaluate)
     callbacks = list(ctx.callbacks) + ([DistillerCheckpointCallback(distiller)] if distiller is not None else [])
     trainer = DistillationTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
-        eval_dataset=ctx.datasets["validation"],
-        data_collator=ctx.collator(),
+        eval_dataset=view("validation"),
+        data_collator=ctx.collator(student=student),
         compute_metrics=accuracy_metrics,
         distiller=distiller,
         group_by_length=train_cfg.group_by_length,
@@ -148,7 +189,7 @@ def _fit(
 def _save_model(ctx: Context, stage: str, model, history: dict) -> Path:
     with atomic_dir(ctx.stage_dir(stage), overwrite=True) as tmp:
         model.save_pretrained(tmp)
-        ctx.tokenizer.save_pretrained(tmp)  # every saved model (the LSTM too) carries the tokenizer it reads
+        ctx.tokenizer_of(stage).save_pretrained(tmp)  # every saved model (the LSTM too) carries the tokenizer it reads
         write_json(tmp / "training_history.json", history)
     return ctx.stage_dir(stage)
 
@@ -165,7 +206,7 @@ def run_teacher(ctx: Context) -> Path:
     )
     history: dict = {"source": cfg.teacher.model, "fine_tuned": cfg.teacher.fine_tune}
     if cfg.teacher.fine_tune:
-        history.update(_fit(ctx, "teacher", teacher, cfg.teacher.train))
+        history.update(_fit(ctx, "teacher", teacher, cfg.teacher.train, student=False))
     ctx.timings["teacher"] = history.get("train_seconds", 0.0)
     return _save_model(ctx, "teacher", teacher, history)
 
@@ -242,7 +283,6 @@ def build_student(ctx: Context, teacher) -> torch.nn.Module:
         )
     elif s.init == "pretrained":
         path = resolve_model(s.pretrained)
-        check_same_vocabulary(ctx.tokenizer, load_tokenizer(path), allow_different=s.allow_different_vocab)
         student = load_classifier(
             path, num_labels=len(data.label_names), id2label=data.id2label, label2id=data.label2id
         )
@@ -284,14 +324,16 @@ def _stage_dataset(ctx: Context, stage: StageConfig, teacher) -> str:
 
             g = ctx.cfg.general_data
             texts = load_unlabelled(g.source, g.text_column, g.max_rows, seed=ctx.cfg.seed)
+            ctx.frames["general"] = pd.DataFrame({"text": list(texts)})
             ctx.datasets["general"] = tokenize_unlabelled(texts, ctx.tokenizer, g.max_length)
             print(f"general distillation data: {g.source}: {len(texts)} texts")
         return "general"
     if not (stage.augment and ctx.cfg.augment.enabled):
         return "train"
     if "train_augmented" not in ctx.datasets:
+        ctx.frames["train_augmented"] = augmented_frame(ctx, teacher)
         ctx.datasets["train_augmented"] = to_dataset(
-            augmented_frame(ctx, teacher), ctx.tokenizer, ctx.cfg.data.max_length
+            ctx.frames["train_augmented"], ctx.tokenizer, ctx.cfg.data.max_length
         )
     return "train_augmented"
 
@@ -372,9 +414,10 @@ def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:
         if stage.data == "task" and stage.loss.logits_weight > 0 and not live_teacher:
             soft = run_soft_labels(ctx, teacher, dataset, kd_temperature=stage.loss.kd_temperature)
         distiller = make_distiller(stage.loss, stage_teacher, student, soft)
-        print(f"stage {stage.name}: {type(distiller).__name__} on {dataset} ({len(ctx.datasets[dataset])} rows)")
+        rows = _aligned_rows(ctx, ctx.student_dataset(dataset), distiller)
+        print(f"stage {stage.name}: {type(distiller).__name__} on {dataset} ({len(rows)} rows)")
         evaluate = stage.data == "task" and stage.loss.logits_weight > 0
-        result = _fit(ctx, work, student, stage.train, distiller, ctx.datasets[dataset], evaluate=evaluate)
+        result = _fit(ctx, work, student, stage.train, distiller, rows, evaluate=evaluate)
         result.update(
             name=stage.name,
             data=dataset,
@@ -390,6 +433,21 @@ def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:
     history.update({k: last.get(k) for k in ("best_validation", "log_history")})
     history["train_seconds"] = sum(s["train_seconds"] for s in history["stages"])
     return history
+
+
+def _aligned_rows(ctx: Context, dataset, distiller):
+    """With two tokenizers, token-level terms (a teacher feature tap) train only on rows both split into the same
+    word pieces, so position i means the same thing in both models."""
+    if ctx.student_tokenizer is None or getattr(distiller, "teacher_tap", None) is None:
+        return dataset
+    kept = dataset.filter(lambda aligned: aligned, input_columns="aligned")
+    print(f"token-level terms with two tokenizers: {len(kept)} of {len(dataset)} rows hold the same word pieces")
+    if len(kept) == 0:
+        raise DistilError(
+            "token-level loss: no training row holds the same word pieces for teacher and student; "
+            "use logit losses only (feature weights 0) with this student"
+        )
+    return kept
 
 
 def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:

@@ -35,10 +35,11 @@ def run_eval(ctx) -> dict:
             "size_bytes": size_on_disk(ctx.stage_dir(stage)),
         }
         for name in eval_sets:
+            student = stage != "teacher"
             metrics = evaluate_split(
                 model,
-                ctx.datasets[name],
-                ctx.collator(),
+                ctx.student_dataset(name) if student else ctx.datasets[name],
+                ctx.collator(student=student),
                 num_labels,
                 cfg.distill.eval_batch_size,
                 desc=f"{stage} {name}",

@@ -188,19 +188,72 @@ def to_dataset(frame: pd.DataFrame, tokenizer, max_length: int):
     return Dataset.from_dict(tokenize_frame(frame, tokenizer, max_length))
 
 
-class PadCollator:
-    """Dynamic padding to the longest row of the batch; passes labels and row indices (idx) through."""
+TEACHER_PREFIX = "teacher_"
+"""Prefix of the columns holding the teacher's own tokens when the two tokenise differently (`add_teacher_tokens`)."""
 
-    def __init__(self, pad_token_id: int):
+
+class PadCollator:
+    """Dynamic padding to the longest row of the batch; passes labels and row indices (idx) through.
+
+    ``teacher_input_ids`` / ``teacher_attention_mask`` / ``teacher_token_type_ids`` (a student dataset with the
+    teacher's tokens beside its own) are padded to their own longest row, the ids with ``teacher_pad_token_id``.
+    """
+
+    def __init__(self, pad_token_id: int, teacher_pad_token_id: int | None = None):
         self.pad_token_id = pad_token_id
+        self.teacher_pad_token_id = pad_token_id if teacher_pad_token_id is None else teacher_pad_token_id
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(len(r["input_ids"]) for r in rows)
         batch: dict[str, torch.Tensor] = {}
-        for key, pad in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
-            if key in rows[0]:
-                batch[key] = torch.tensor([list(r[key]) + [pad] * (longest - len(r[key])) for r in rows])  # (B, L)
+        for prefix, pad_id in (("", self.pad_token_id), (TEACHER_PREFIX, self.teacher_pad_token_id)):
+            if prefix + "input_ids" not in rows[0]:
+                continue
+            longest = max(len(r[prefix + "input_ids"]) for r in rows)
+            for key, pad in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+                key = prefix + key
+                if key in rows[0]:
+                    batch[key] = torch.tensor([list(r[key]) + [pad] * (longest - len(r[key])) for r in rows])  # (B, L)
         for key in ("labels", "idx"):
             if key in rows[0]:
                 batch[key] = torch.tensor([r[key] for r in rows])  # (B,)
         return batch
+
+
+def _pieces(tokenizer, ids: list[int]) -> list[str]:
+    special = set(tokenizer.all_special_ids)
+    return ["<special>" if i in special else t for i, t in zip(ids, tokenizer.convert_ids_to_tokens(list(ids)))]
+
+
+def tokens_align(student_tokenizer, teacher_tokenizer, student_ids: list[int], teacher_ids: list[int]) -> bool:
+    """True when position i holds the same word piece in both tokenisations (special tokens match any special
+    token): MiniLM's ``[CLS] a film [SEP]`` and MPNet's ``<s> a film </s>`` align; different splits do not."""
+    return len(student_ids) == len(teacher_ids) and _pieces(student_tokenizer, student_ids) == _pieces(
+        teacher_tokenizer, teacher_ids
+    )
+
+
+def add_teacher_tokens(student_dataset, teacher_dataset, student_tokenizer, teacher_tokenizer):
+    """The student's dataset plus the teacher's tokens of the same rows as ``teacher_*`` columns, and ``aligned``.
+
+    For a student whose tokenizer differs from the teacher's (e.g. MiniLM and MPNet): the student reads its own
+    ids while a live teacher reads its own. ``aligned`` marks rows where both tokenisations hold the same word
+    pieces position by position (`tokens_align`), the rows on which token-level losses (hidden states, attention)
+    can compare positions one to one.
+
+    Raises:
+        DistilError: the two datasets do not hold the same rows in the same order.
+    """
+    if len(student_dataset) != len(teacher_dataset) or student_dataset["idx"] != teacher_dataset["idx"]:
+        raise DistilError(
+            f"teacher and student tokenisations hold different rows ({len(teacher_dataset)} vs "
+            f"{len(student_dataset)}); both must come from the same frame"
+        )
+    out = student_dataset
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in teacher_dataset.column_names]
+    for key in keys:
+        out = out.add_column(TEACHER_PREFIX + key, teacher_dataset[key])
+    aligned = [
+        tokens_align(student_tokenizer, teacher_tokenizer, s, t)
+        for s, t in zip(student_dataset["input_ids"], teacher_dataset["input_ids"])
+    ]
+    return out.add_column("aligned", aligned)

