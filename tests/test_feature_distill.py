@@ -250,6 +250,26 @@ def test_make_distiller_picks_the_distiller(tiny_bert):
     assert isinstance(make_distiller(LossConfig(hidden_weight=1.0), tiny_bert, student), FeatureDistiller)
 
 
+def test_a_bf16_live_teacher_gives_the_numbers_of_autocast_without_recasting(tiny_bert, batch):
+    student = student_from_teacher(tiny_bert, [1, 3]).train()
+    loss = LossConfig(hidden_weight=1.0, attention_kl_weight=1.0)
+    fp32 = make_distiller(loss, tiny_bert, student)
+    bf16 = make_distiller(loss, tiny_bert, student, bf16_teacher=True)
+    assert fp32.teacher is tiny_bert and {p.dtype for p in tiny_bert.parameters()} == {torch.float32}  # untouched
+    linear = bf16.teacher.bert.encoder.layer[0].attention.self.query
+    assert bf16.teacher is not tiny_bert and linear.weight.dtype == linear.bias.dtype == torch.bfloat16
+    assert bf16.teacher.bert.embeddings.word_embeddings.weight.dtype == torch.float32  # norms, embeddings: fp32
+    parts = []
+    for distiller in (bf16, fp32):
+        torch.manual_seed(0)  # the same dropout masks in the student
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            parts.append(_compute(distiller, student, batch)[1])
+    for name in ("kd", "hidden", "attention_kl"):
+        assert parts[0][name].item() == pytest.approx(parts[1][name].item(), rel=1e-5, abs=1e-9), name
+    cached = make_distiller(LossConfig(), tiny_bert, student, soft_labels=object(), bf16_teacher=True)
+    assert cached.teacher is None  # nothing copied when the teacher never runs
+
+
 # ----------------------------------------------------------------------------------------------------------
 # MLM (DistilBERT's third term)
 

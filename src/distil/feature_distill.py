@@ -25,6 +25,7 @@ The learned projections (W_e, W_h, the cosine's) are submodules, so the trainer'
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -508,13 +509,35 @@ class FeatureDistiller(nn.Module):
         self.state_loaded = True
 
 
-def make_distiller(loss_cfg: LossConfig, teacher: nn.Module, student: nn.Module, soft_labels=None) -> nn.Module:
+def bf16_linear_copy(model: nn.Module) -> nn.Module:
+    """A copy of a frozen model whose Linear weights are stored in bf16 (embeddings and norms stay fp32).
+
+    Under bf16 autocast a Linear casts its fp32 weight to bf16 at every call, and caches nothing for a frozen
+    weight; storing it in bf16 once gives the same numbers without the per-step casts. Run the copy under autocast
+    only (its Linears expect autocast to cast their fp32 inputs).
+    """
+    copied = copy.deepcopy(model)
+    for module in copied.modules():
+        if isinstance(module, nn.Linear):
+            module.to(torch.bfloat16)
+    return copied
+
+
+def make_distiller(
+    loss_cfg: LossConfig, teacher: nn.Module, student: nn.Module, soft_labels=None, bf16_teacher: bool = False
+) -> nn.Module:
     """The distiller a run needs: logits only -> :class:`~distil.distill.Distiller`, else :class:`FeatureDistiller`.
 
     With logits only and cached soft labels the teacher is not kept (it never runs, nor moves to the device).
+    ``bf16_teacher`` (a bf16 run, where the trainer autocasts the distiller): a live teacher runs from
+    `bf16_linear_copy`; the given teacher is left as it is.
     """
+    if not loss_cfg.uses_features and soft_labels is not None:
+        return Distiller(loss_cfg, soft_labels=soft_labels)
+    if bf16_teacher:
+        teacher = bf16_linear_copy(teacher)
     if not loss_cfg.uses_features:
-        return Distiller(loss_cfg, soft_labels=soft_labels, teacher=teacher if soft_labels is None else None)
+        return Distiller(loss_cfg, teacher=teacher)
     return FeatureDistiller(loss_cfg, teacher, student, soft_labels=soft_labels)
 
 

@@ -413,7 +413,7 @@ def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:
         soft = None
         if stage.data == "task" and stage.loss.logits_weight > 0 and not live_teacher:
             soft = run_soft_labels(ctx, teacher, dataset, kd_temperature=stage.loss.kd_temperature)
-        distiller = make_distiller(stage.loss, stage_teacher, student, soft)
+        distiller = make_distiller(stage.loss, stage_teacher, student, soft, bf16_teacher=stage.train.bf16)
         rows = _aligned_rows(ctx, ctx.student_dataset(dataset), distiller)
         print(f"stage {stage.name}: {type(distiller).__name__} on {dataset} ({len(rows)} rows)")
         evaluate = stage.data == "task" and stage.loss.logits_weight > 0
