@@ -160,10 +160,11 @@ def build(args) -> Bench:
 # ---------------------------------------------------------------------------------------------------- distil
 
 
-def hidden_distiller(bench: Bench, student: nn.Module) -> Distiller:
-    """distil's feature distiller for logits + hidden MSE on uniformly mapped layers, the teacher run live."""
+def hidden_distiller(bench: Bench, student: nn.Module, bf16: bool) -> Distiller:
+    """distil's feature distiller for logits + hidden MSE on uniformly mapped layers, the teacher run live (from
+    bf16 Linear weights in a bf16 run, as the pipeline does)."""
     loss = LossConfig(alpha=ALPHA, kd_temperature=KD_TEMPERATURE, hidden_weight=HIDDEN_WEIGHT, layer_map="uniform")
-    return make_distiller(loss, bench.teacher, student, soft_labels=None)
+    return make_distiller(loss, bench.teacher, student, soft_labels=None, bf16_teacher=bf16)
 
 
 class StepClock(TrainerCallback):
@@ -186,9 +187,10 @@ def distil_trainer(bench: Bench, kind: str, bf16: bool, max_steps: int, callback
     if kind == "distil-cached":
         distiller = Distiller(LossConfig(alpha=ALPHA, kd_temperature=KD_TEMPERATURE), soft_labels=bench.soft_labels)
     elif kind == "distil-live":
-        distiller = Distiller(LossConfig(alpha=ALPHA, kd_temperature=KD_TEMPERATURE), teacher=bench.teacher)
+        loss = LossConfig(alpha=ALPHA, kd_temperature=KD_TEMPERATURE)
+        distiller = make_distiller(loss, bench.teacher, student, soft_labels=None, bf16_teacher=bf16)
     elif kind == "distil-hidden":
-        distiller = hidden_distiller(bench, student)
+        distiller = hidden_distiller(bench, student, bf16)
     else:
         distiller = None
     cfg = TrainConfig(epochs=1, learning_rate=LEARNING_RATE, batch_size=a.batch_size, bf16=bf16)

