@@ -153,3 +153,17 @@ def test_model_objects_label_mismatch_and_mlm(tiny_bert, make_tiny_bert):
 def test_a_missing_model_is_one_clear_error(teacher_dir, tmp_path):
     with pytest.raises(DistilError, match="inspect: cannot read a model config from"):
         inspect_pair(teacher_dir, str(tmp_path / "nowhere"))
+
+
+def test_a_multi_stage_recipe_is_checked_stage_by_stage(teacher_dir, make_tiny_bert, tokenizer, tmp_path, capsys):
+    from distil.cli import main
+
+    # 2 heads against the teacher's 4: TinyBERT's attention MSE (stages 1-2) cannot run, its last stage (logits) can
+    student_dir = _save(make_tiny_bert(num_hidden_layers=2, num_attention_heads=2), tmp_path / "student", tokenizer)
+    assert main(["inspect", teacher_dir, student_dir, "--config", "tinybert"]) == 2
+    out = capsys.readouterr().out
+    for stage in ("general", "task-intermediate", "task-prediction"):
+        assert f"configured terms, stage {stage}:" in out
+    prediction = out.split("configured terms, stage task-prediction:")[1].split("every loss:")[0]
+    assert "ok  logits_weight=1 (kd_kl)" in prediction and "attention" not in prediction
+    assert out.count("NO  attention_weight=1 (attention_mse)") == 2

@@ -144,8 +144,9 @@ def _inspect(args: argparse.Namespace) -> int:
         if raw is not None:
             set_dotted(overrides, key, parse_flag_value(key, raw, tp))
     cfg = load_config(args.config, overrides)
-    loss = cfg.stages[0].loss if cfg.stages and not overrides else cfg.loss
-    return inspect_main(resolve_model(args.teacher), resolve_model(args.student), loss)
+    stages = {stage.name: stage.loss for stage in cfg.stages} if cfg.stages and not overrides else None
+    loss = next(iter(stages.values())) if stages else cfg.loss
+    return inspect_main(resolve_model(args.teacher), resolve_model(args.student), loss, stages)
 
 
 def main(argv: list[str] | None = None) -> int:

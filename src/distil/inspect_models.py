@@ -269,21 +269,26 @@ def _verdict(weight: str, problems: dict[str, str], vocab: dict, student: nn.Mod
 
 
 def inspect_pair(
-    teacher_path_or_model: str | nn.Module, student_path_or_model: str | nn.Module, loss_cfg: LossConfig | None = None
+    teacher_path_or_model: str | nn.Module,
+    student_path_or_model: str | nn.Module,
+    loss_cfg: LossConfig | None = None,
+    stages: dict[str, LossConfig] | None = None,
 ) -> dict[str, Any]:
     """Pre-flight report of a teacher/student pair under ``loss_cfg`` (default: ``LossConfig()``, logits only).
 
     Args:
         teacher_path_or_model: a saved model directory, a packaged hub name, or a model object.
         student_path_or_model: the same for the student (a distil LSTM directory works too).
-        loss_cfg: the loss settings whose terms are checked.
+        loss_cfg: the loss settings whose terms are checked (and whose layer map is shown).
+        stages: {stage name: its loss} of a multi-stage recipe: every stage's terms are checked.
 
     Returns:
         JSON-serialisable dict: "teacher"/"student" (architecture summaries), "layer_map" ({"strategy",
         "pairs"} or {"strategy", "error"}), "projections" (one per projected term when widths differ: term, shape
         [D_s, D_t], parameters, configured), "vocabulary", "losses" ({registry name: {"can_run", "reason"}} for
-        every loss in ``LOSSES`` plus "mlm"), "configured" (one entry per weight > 0: weight, value, loss,
-        can_run, reason), and "ok" (every configured term can run).
+        every loss in ``LOSSES`` plus "mlm"), "stages" ({stage name ("" without stages): one entry per weight > 0:
+        weight, value, loss, can_run, reason}), "configured" (the first stage's entries), and "ok" (every
+        configured term of every stage can run).
 
     Raises:
         DistilError: a path that holds no readable model config.
@@ -305,6 +310,15 @@ def inspect_pair(
         can_run, reason = _verdict(weight, term_problems(single, teacher, student), vocab, student)
         losses[loss] = {"can_run": can_run, "reason": reason}
     report["losses"] = losses
+    stages = stages or {"": loss_cfg}
+    report["stages"] = {name: _configured_terms(cfg, teacher, student, vocab) for name, cfg in stages.items()}
+    report["configured"] = next(iter(report["stages"].values()))
+    report["ok"] = all(term["can_run"] for terms in report["stages"].values() for term in terms)
+    return report
+
+
+def _configured_terms(loss_cfg: LossConfig, teacher: nn.Module, student: nn.Module, vocab: dict) -> list[dict]:
+    """One entry per weight > 0 of ``loss_cfg``: weight, value, loss, can_run, reason."""
     problems = term_problems(loss_cfg, teacher, student)
     configured = []
     for weight in ("logits_weight", *FEATURE_WEIGHTS):
@@ -319,9 +333,7 @@ def inspect_pair(
                     "reason": reason,
                 }
             )
-    report["configured"] = configured
-    report["ok"] = all(term["can_run"] for term in configured)
-    return report
+    return configured
 
 
 def _layer_map(loss_cfg: LossConfig, teacher: dict, student: dict) -> dict[str, Any]:
@@ -390,11 +402,13 @@ def render_inspection(report: dict[str, Any]) -> str:
         )
     if not report["projections"]:
         lines.append("projections: none needed (same hidden size, or no hidden-state losses possible)")
-    lines += [f"vocabulary: {report['vocabulary']['detail']}", "", "configured terms:"]
-    for term in report["configured"]:
-        status = "ok " if term["can_run"] else "NO "
-        reason = f": {term['reason']}" if term["reason"] else ""
-        lines.append(f"  {status} {term['weight']}={term['value']:g} ({term['loss']}){reason}")
+    lines += [f"vocabulary: {report['vocabulary']['detail']}"]
+    for stage, terms in report["stages"].items():
+        lines += ["", f"configured terms, stage {stage}:" if stage else "configured terms:"]
+        for term in terms:
+            status = "ok " if term["can_run"] else "NO "
+            reason = f": {term['reason']}" if term["reason"] else ""
+            lines.append(f"  {status} {term['weight']}={term['value']:g} ({term['loss']}){reason}")
     lines.append("every loss:")
     for name, verdict in report["losses"].items():
         reason = f": {verdict['reason']}" if verdict["reason"] else ""
@@ -404,8 +418,13 @@ def render_inspection(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def inspect_main(teacher: str | nn.Module, student: str | nn.Module, loss_cfg: LossConfig | None = None) -> int:
+def inspect_main(
+    teacher: str | nn.Module,
+    student: str | nn.Module,
+    loss_cfg: LossConfig | None = None,
+    stages: dict[str, LossConfig] | None = None,
+) -> int:
     """Print the inspection; return 0 when the configured combination can run, 2 when it cannot."""
-    report = inspect_pair(teacher, student, loss_cfg)
+    report = inspect_pair(teacher, student, loss_cfg, stages)
     print(render_inspection(report))
     return 0 if report["ok"] else 2
