@@ -22,10 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from distil.config import FEATURE_WEIGHTS, LossConfig
-from distil.data.prepare import tokens_align
-from distil.errors import DistilError
-from distil.feature_distill import (
+from distil.compatibility import (
     has_mlm_head,
     is_transformer,
     num_outputs,
@@ -33,6 +30,9 @@ from distil.feature_distill import (
     term_problems,
     uses_value_v1,
 )
+from distil.config import FEATURE_WEIGHTS, LossConfig
+from distil.data.prepare import tokens_align
+from distil.errors import DistilError
 from distil.losses import LOSSES
 from distil.models.features import map_layers, model_hidden_size, model_num_heads, model_num_layers
 from distil.models.loading import count_parameters, load_classifier
