@@ -39,7 +39,7 @@ SIZES = {
         "intermediate_size": 1200,
     },
 }
-RECIPES = ["no-teacher", "kd", "distilbert", "tinybert", "tinybert-noaug", "tinybert-nogd", "minilm"]
+RECIPES = ["no-teacher", "kd", "distilbert", "tinybert", "tinybert-noaug", "tinybert-nogd", "minilm", "minilm-nogd"]
 # The cells that answer "which recipe wins at each size" first; the ablations after.
 DEFAULT_ORDER = [
     "3L:no-teacher",
@@ -74,12 +74,10 @@ def cell_config(base: dict, size: str, recipe: str, epochs: float, general_rows:
         for s in stages:
             if s["data"] == "task":
                 s["train"]["epochs"] = epochs if s["loss"]["logits_weight"] > 0 else 1.0
-        if name == "minilm" and size != "4x312":  # MiniLM distils a narrow student; for same-width students KD
-            stages = [s for s in stages if s["name"] != "general"]
         cfg["stages"] = stages
         if recipe == "tinybert-noaug":
             cfg["augment"]["enabled"] = False
-        if recipe == "tinybert-nogd":
+        if recipe in ("tinybert-nogd", "minilm-nogd"):  # minilm-nogd: the recipe's task stage only (KD, lr 2e-4)
             cfg["skip_stages"] = ["general"]
     return cfg
 
