@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 
+from distil.distill import classification_metrics
 from distil.errors import DistilError
-from distil.evaluate import evaluate_split, latency_table, size_on_disk
+from distil.evaluate import latency_table, predict_logits, size_on_disk
 from distil.io import atomic_path, read_json, write_json, write_text
 from distil.models.loading import count_parameters
 
@@ -28,6 +30,7 @@ def run_eval(ctx) -> dict:
     num_labels = len(ctx.data.label_names)
     rows: dict[str, dict] = {}
     eval_sets = ["test"] + [k for k in ctx.datasets if k.startswith("extra:")]
+    correct: dict[tuple[str, str], np.ndarray] = {}  # (stage, eval set) -> (N,) bool, for the paired test
     for stage, model in models.items():
         row = {
             "role": ROLES[stage],
@@ -36,15 +39,13 @@ def run_eval(ctx) -> dict:
         }
         for name in eval_sets:
             student = stage != "teacher"
-            metrics = evaluate_split(
-                model,
-                ctx.student_dataset(name) if student else ctx.datasets[name],
-                ctx.collator(student=student),
-                num_labels,
-                cfg.distill.eval_batch_size,
-                desc=f"{stage} {name}",
+            dataset = ctx.student_dataset(name) if student else ctx.datasets[name]
+            logits = predict_logits(
+                model, dataset, ctx.collator(student=student), cfg.distill.eval_batch_size, desc=f"{stage} {name}"
             )
-            row[name.replace("extra:", "")] = metrics
+            gold = np.asarray(dataset["labels"])
+            correct[stage, name.replace("extra:", "")] = logits.argmax(-1) == gold
+            row[name.replace("extra:", "")] = classification_metrics(logits.argmax(-1), gold, num_labels)
         history = previous_history(ctx, stage)
         row["validation"] = {
             k.replace("eval_", ""): v
@@ -88,6 +89,11 @@ def run_eval(ctx) -> dict:
         "soft_labels": read_json(soft) if soft.is_file() else None,
         "timings": {k: round(v, 1) for k, v in ctx.timings.items()},
     }
+    if "student" in models and "baseline" in models:
+        report["paired"] = {
+            name: mcnemar(correct["student", name], correct["baseline", name])
+            for name in ["test", *report["data"]["extra_test_sets"]]
+        }
     report["verdicts"] = verdicts(report)
     write_text(ctx.out / "report.md", render_markdown(report))
     plot_report(ctx, report)
@@ -98,11 +104,26 @@ def run_eval(ctx) -> dict:
     return report
 
 
-def verdicts(report: dict) -> list[str]:
+def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
+    """Exact McNemar test of two models scored on the same examples.
+
+    Only the examples where exactly one model is right carry information: ``a_only`` (A right, B wrong) and
+    ``b_only``. Under "no difference" each is Binomial(a_only + b_only, 1/2); the two-sided p-value is twice the
+    smaller tail, capped at 1.
+    """
+    a_only = int(np.sum(a_correct & ~b_correct))
+    b_only = int(np.sum(b_correct & ~a_correct))
+    n, k = a_only + b_only, min(a_only, b_only)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n if n else 1.0
+    return {"a_only": a_only, "b_only": b_only, "p_value": min(1.0, 2 * tail)}
+
+
+def verdicts(report: dict, level: float = 0.05) -> list[str]:
     """Plain-language comparison of the distilled student with the baseline, against the test-set noise.
 
-    The standard error of an accuracy p on n examples is sqrt(p(1-p)/n); the difference of two models scored on
-    the same n examples is called a gain only when it exceeds twice sqrt(2) times that (a rough two-sigma rule).
+    Paired (``report["paired"]``, the exact McNemar test on the examples where only one of the two is right):
+    "better"/"worse" when p < ``level``. Reports written before the paired test fall back to the unpaired rule
+    (a difference above twice the standard error of a difference of two accuracies).
     """
     models = report["models"]
     if "student" not in models or "baseline" not in models:
@@ -111,13 +132,20 @@ def verdicts(report: dict) -> list[str]:
     lines = []
     for name, n in sizes.items():
         s, b = models["student"][name]["accuracy"], models["baseline"][name]["accuracy"]
-        se = (max(s * (1 - s), 1e-9) / n) ** 0.5 * 2**0.5
         diff = s - b
+        head = f"{name}: distilled student {100 * diff:+.2f} points vs the same student without teacher (n={n}"
+        paired = report.get("paired", {}).get(name)
+        if paired is not None:
+            p = paired["p_value"]
+            word = "within noise" if p >= level else ("better" if diff > 0 else "worse")
+            lines.append(
+                f"{head}; right where the other is wrong: {paired['a_only']} vs {paired['b_only']}, "
+                f"McNemar p={p:.3g}): {word}"
+            )
+            continue
+        se = (max(s * (1 - s), 1e-9) / n) ** 0.5 * 2**0.5
         word = "within noise" if abs(diff) < 2 * se else ("better" if diff > 0 else "worse")
-        lines.append(
-            f"{name}: distilled student {100 * diff:+.2f} points vs the same student without teacher "
-            f"(n={n}, standard error of the difference ~{100 * se:.2f}): {word}"
-        )
+        lines.append(f"{head}, standard error of the difference ~{100 * se:.2f}): {word}")
     return lines
 
 
