@@ -166,7 +166,11 @@ def render(results: dict) -> str:
         "| train s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results["cells"].values():
+    def order(r: dict) -> tuple[int, int]:  # by student size, then recipe
+        sizes, recipes = list(SIZES), RECIPES
+        return (sizes.index(r["size"]) if r["size"] in sizes else 99, recipes.index(r["recipe"]))
+
+    for r in sorted(results["cells"].values(), key=order):
         lat = results.get(f"latency:{r['size']}", {})
         speed = f"{lat.get('1', 0):.2f}x / {lat.get('32', 0):.2f}x" if lat else "n/a"
         lines.append(
