@@ -41,3 +41,18 @@ def test_a_report_without_paired_results_uses_the_unpaired_rule():
     line = verdicts(_report(None))[0]
     assert "standard error of the difference" in line and line.endswith(": within noise")
     assert verdicts({"data": {}, "models": {"student": {}}}) == []
+
+
+def test_the_report_names_how_the_student_was_built_and_every_weight_in_use():
+    from distil.config import load_config
+    from distil.report import _loss_summary, _student_summary
+
+    cfg = load_config("tinybert")
+    assert _student_summary(cfg.student) == {
+        "init": "config", "num_layers": 4, "hidden_size": 312, "num_attention_heads": 12, "intermediate_size": 1200
+    }  # fmt: skip
+    assert _loss_summary(cfg)["stages"] == ["general", "task-intermediate", "task-prediction"]
+    cfg = load_config(None, {"student": {"init": "pretrained", "pretrained": "x"}, "loss": {"hidden_weight": 2.0}})
+    assert _student_summary(cfg.student) == {"init": "pretrained", "pretrained": "x", "allow_different_vocab": False}
+    loss = _loss_summary(cfg)
+    assert loss["hidden_weight"] == 2.0 and loss["layer_map"] == "uniform" and "attention_weight" not in loss

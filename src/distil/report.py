@@ -75,8 +75,8 @@ def run_eval(ctx) -> dict:
             "extra_test_sets": {k: len(v) for k, v in ctx.data.extra_tests.items()},
         },
         "teacher_source": cfg.teacher.model,
-        "student_init": {"init": cfg.student.init, "layers": cfg.student.layers},
-        "loss": {"alpha": cfg.loss.alpha, "kd_temperature": cfg.loss.kd_temperature, "soft_loss": cfg.loss.soft_loss},
+        "student_init": _student_summary(cfg.student),
+        "loss": _loss_summary(cfg),
         "latency_protocol": {
             "device": "cpu fp32, inference_mode",
             "seq_length": cfg.eval.latency_seq_length,
@@ -102,6 +102,31 @@ def run_eval(ctx) -> dict:
     for line in report["verdicts"]:
         print(line)
     return report
+
+
+def _student_summary(student) -> dict:
+    """How the student was built, with only the settings its init reads."""
+    keys = {
+        "teacher-layers": ("layers", "num_layers"),
+        "config": ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size"),
+        "pretrained": ("pretrained", "allow_different_vocab"),
+        "lstm": ("lstm_embedding_dim", "lstm_hidden_size", "lstm_num_layers"),
+    }[student.init]
+    return {"init": student.init, **{k: getattr(student, k) for k in keys if getattr(student, k) is not None}}
+
+
+def _loss_summary(cfg) -> dict:
+    """The objective of the (last) stage that trains the student on the task, with every weight > 0."""
+    from distil.config import FEATURE_WEIGHTS
+
+    loss = cfg.stages[-1].loss if cfg.stages else cfg.loss
+    summary = {"alpha": loss.alpha, "kd_temperature": loss.kd_temperature, "soft_loss": loss.soft_loss}
+    summary.update({k: getattr(loss, k) for k in ("logits_weight", *FEATURE_WEIGHTS) if getattr(loss, k) != 0})
+    if loss.uses_features:
+        summary["layer_map"] = loss.layer_map
+    if cfg.stages:
+        summary["stages"] = [s.name for s in cfg.stages if s.name not in cfg.skip_stages]
+    return summary
 
 
 def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
