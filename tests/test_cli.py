@@ -234,3 +234,22 @@ def test_layer_list_out_of_range_and_foreign_tokenizer(tmp_path, capsys, tiny_te
         *out,
     )
     assert "vocabular" in err.lower()
+
+
+def test_a_stage_command_on_an_existing_run_reads_the_runs_config(tmp_path, capsys, tiny_teacher_dir):
+    from distil.cli import main
+    from distil.config import load_config
+
+    out = tmp_path / "run"
+    first = ["--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--data.max_train_samples", "64",
+             "--data.max_eval_samples", "32", "--data.max_length", "16", "--data.extra_test_sets", "[]"]  # fmt: skip
+    assert main(["teacher", "--teacher.model", tiny_teacher_dir, "--teacher.fine_tune", "false", *first]) == 0
+    capsys.readouterr()
+    # no config, no data flags: the run's own config.yaml, not the embedded default (MiniLM, 64 tokens, vader sets)
+    assert main(["soft-labels", "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"config: {out / 'config.yaml'} (the run's own)" in printed
+    assert "(64, 2)" in printed  # the 64 training rows of the saved config
+    saved = load_config(str(out / "config.yaml"))
+    assert saved.data.max_length == 16 and saved.teacher.model == tiny_teacher_dir
+    assert saved.data.extra_test_sets == []

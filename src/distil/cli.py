@@ -79,7 +79,16 @@ def _config_from_args(args: argparse.Namespace):
         raw = getattr(args, f"cfg:{key}")
         if raw is not None:
             set_dotted(overrides, key, parse_flag_value(key, raw, tp))
-    return load_config(args.config, overrides)
+    config = args.config
+    if config is None and args.command != "run":
+        # a stage command on an existing run reads that run's resolved config (flags still override it)
+        from distil.config import RunConfig
+
+        saved = Path(overrides.get("output_dir", RunConfig.output_dir)).expanduser() / "config.yaml"
+        if saved.is_file():
+            print(f"config: {saved} (the run's own)")
+            config = str(saved)
+    return load_config(config, overrides)
 
 
 def _run_config_command(args: argparse.Namespace) -> int:
