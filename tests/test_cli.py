@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import small_run_flags
 
 from distil.cli import main
 
@@ -196,20 +197,7 @@ def test_pickle_checkpoint_refused_and_never_loaded(tmp_path, capsys, monkeypatc
 
 
 def test_layer_list_out_of_range_and_foreign_tokenizer(tmp_path, capsys, tiny_teacher_dir, make_tiny_bert):
-    out = [
-        "--output_dir",
-        str(tmp_path / "o"),
-        "--cache_dir",
-        str(tmp_path / "c"),
-        "--data.max_train_samples",
-        "64",
-        "--data.max_eval_samples",
-        "32",
-        "--data.max_length",
-        "16",
-        "--teacher.fine_tune",
-        "false",
-    ]
+    out = [*small_run_flags(tmp_path / "o", tmp_path / "c"), "--teacher.fine_tune", "false"]
     assert main(["teacher", "--teacher.model", tiny_teacher_dir, *out]) == 0
     capsys.readouterr()
     err = _error(capsys, "student", "--teacher.model", tiny_teacher_dir, "--student.layers", "[0, 9]", *out)
@@ -241,8 +229,7 @@ def test_a_stage_command_on_an_existing_run_reads_the_runs_config(tmp_path, caps
     from distil.config import load_config
 
     out = tmp_path / "run"
-    first = ["--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--data.max_train_samples", "64",
-             "--data.max_eval_samples", "32", "--data.max_length", "16", "--data.extra_test_sets", "[]"]  # fmt: skip
+    first = [*small_run_flags(out, tmp_path / "cache"), "--data.extra_test_sets", "[]"]
     assert main(["teacher", "--teacher.model", tiny_teacher_dir, "--teacher.fine_tune", "false", *first]) == 0
     capsys.readouterr()
     # no config, no data flags: the run's own config.yaml, not the embedded default (MiniLM, 64 tokens, vader sets)

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import small_run_flags
 from transformers import AutoTokenizer, BertTokenizerFast
 
 from distil.cli import main
@@ -99,16 +100,7 @@ def _run_args(teacher_dir, student_dir, out, *extra):
         "--student.pretrained",
         str(student_dir),
         "--student.allow_different_vocab",
-        "--output_dir",
-        str(out),
-        "--cache_dir",
-        str(out.parent / "cache"),
-        "--data.max_train_samples",
-        "64",
-        "--data.max_eval_samples",
-        "32",
-        "--data.max_length",
-        "16",
+        *small_run_flags(out, out.parent / "cache"),
         "--data.extra_test_sets",
         "[]",
         "--distill.epochs",

@@ -245,7 +245,7 @@ def _verdict(weight: str, problems: dict[str, str], vocab: dict, student: nn.Mod
     if weight in problems:
         return False, problems[weight]
     token_level = weight != "logits_weight" or has_mlm_head(student)
-    if vocab["same"] is False and (weight == "mlm_weight" or (token_level and weight == "logits_weight")):
+    if vocab["same"] is False and (weight == "mlm_weight" or (weight == "logits_weight" and has_mlm_head(student))):
         return False, f"{vocab['detail']}: masked-LM outputs are over each model's own vocabulary"
     aligned = vocab.get("aligned_probe")
     if vocab["same"] is False and token_level and (aligned is None or aligned < MIN_ALIGNED):
@@ -260,7 +260,7 @@ def _verdict(weight: str, problems: dict[str, str], vocab: dict, student: nn.Mod
             "compared only on rows both split into the same word pieces, the others are left out of this term"
         )
     if vocab["same"] is False:
-        return True, ("needs the same label set only; each model reads its own tokens (student.allow_different_vocab)")
+        return True, "needs the same label set only; each model reads its own tokens (student.allow_different_vocab)"
     return True, ""
 
 

@@ -80,6 +80,10 @@ class Context:
             )
         return self.student_datasets[name]
 
+    def dataset(self, name: str, student: bool):
+        """``datasets[name]`` as the student (``student_dataset``) or the teacher reads it."""
+        return self.student_dataset(name) if student else self.datasets[name]
+
     def tokenizer_of(self, stage: str):
         """The tokenizer a saved stage reads."""
         return self.student_tokenizer if stage != "teacher" and self.student_tokenizer is not None else self.tokenizer
@@ -150,15 +154,14 @@ def _fit(
     work = ctx.out / "work" / stage
     if not ctx.resume and work.exists():
         shutil.rmtree(work)
-    view = ctx.student_dataset if student else ctx.datasets.__getitem__
-    train_dataset = train_dataset if train_dataset is not None else view("train")
+    train_dataset = train_dataset if train_dataset is not None else ctx.dataset("train", student)
     args = training_arguments(train_cfg, work, ctx.cfg.seed, len(train_dataset), evaluate=evaluate)
     callbacks = list(ctx.callbacks) + ([DistillerCheckpointCallback(distiller)] if distiller is not None else [])
     trainer = DistillationTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
-        eval_dataset=view("validation"),
+        eval_dataset=ctx.dataset("validation", student),
         data_collator=ctx.collator(student=student),
         compute_metrics=accuracy_metrics,
         distiller=distiller,

@@ -39,13 +39,13 @@ def run_eval(ctx) -> dict:
         }
         for name in eval_sets:
             student = stage != "teacher"
-            dataset = ctx.student_dataset(name) if student else ctx.datasets[name]
+            dataset = ctx.dataset(name, student)
             logits = predict_logits(
                 model, dataset, ctx.collator(student=student), cfg.distill.eval_batch_size, desc=f"{stage} {name}"
             )
-            gold = np.asarray(dataset["labels"])
-            correct[stage, name.replace("extra:", "")] = logits.argmax(-1) == gold
-            row[name.replace("extra:", "")] = classification_metrics(logits.argmax(-1), gold, num_labels)
+            pred, gold, key = logits.argmax(-1), np.asarray(dataset["labels"]), name.replace("extra:", "")
+            correct[stage, key] = pred == gold
+            row[key] = classification_metrics(pred, gold, num_labels)
         history = previous_history(ctx, stage)
         row["validation"] = {
             k.replace("eval_", ""): v
