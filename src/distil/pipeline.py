@@ -16,12 +16,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from transformers import set_seed
 
 from distil.config import RunConfig, StageConfig, dump_yaml, to_dict
 from distil.data import PadCollator, TaskData, add_teacher_tokens, prepare_data, to_dataset
+from distil.data.corpus import read_corpus, tokenize_unlabelled
+from distil.data.held_out import held_out_texts, is_held_out
 from distil.distill import DistillationTrainer, accuracy_metrics, training_arguments
 from distil.errors import DistilError
 from distil.io import atomic_dir, atomic_path, read_json, write_json, write_text
@@ -49,6 +52,9 @@ class Context:
     frames: dict = field(default_factory=dict)
     student_datasets: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    data_notes: dict[str, dict] = field(default_factory=dict)
+    """What was done to training text beyond the split (general corpus, augmentation), for the report."""
+    _held_out: frozenset[str] | None = None
 
     @property
     def out(self) -> Path:
@@ -83,6 +89,12 @@ class Context:
     def dataset(self, name: str, student: bool):
         """``datasets[name]`` as the student (``student_dataset``) or the teacher reads it."""
         return self.student_dataset(name) if student else self.datasets[name]
+
+    def held_out(self) -> frozenset[str]:
+        """Normalised texts of the validation, test and extra test sets: never trained on."""
+        if self._held_out is None:
+            self._held_out = held_out_texts(self.data.splits, self.data.extra_tests)
+        return self._held_out
 
     def tokenizer_of(self, stage: str):
         """The tokenizer a saved stage reads."""
@@ -323,13 +335,19 @@ def _stage_dataset(ctx: Context, stage: StageConfig, teacher) -> str:
     """Name of the dataset a stage trains on, preparing it (general text, augmented split) on first use."""
     if stage.data == "general":
         if "general" not in ctx.datasets:
-            from distil.data.corpus import load_unlabelled, tokenize_unlabelled
-
             g = ctx.cfg.general_data
-            texts = load_unlabelled(g.source, g.text_column, g.max_rows, seed=ctx.cfg.seed)
-            ctx.frames["general"] = pd.DataFrame({"text": list(texts)})
-            ctx.datasets["general"] = tokenize_unlabelled(texts, ctx.tokenizer, g.max_length)
-            print(f"general distillation data: {g.source}: {len(texts)} texts")
+            corpus = read_corpus(g.source, g.text_column, g.max_rows, seed=ctx.cfg.seed, held_out=ctx.held_out())
+            ctx.frames["general"] = pd.DataFrame({"text": corpus.texts})
+            ctx.datasets["general"] = tokenize_unlabelled(corpus.texts, ctx.tokenizer, g.max_length)
+            ctx.data_notes["general"] = {
+                "source": g.source,
+                "texts": len(corpus.texts),
+                "removed_held_out": corpus.removed_held_out,
+            }
+            print(
+                f"general distillation data: {g.source}: {len(corpus.texts)} texts "
+                f"({corpus.removed_held_out} validation/test texts removed)"
+            )
         return "general"
     if not (stage.augment and ctx.cfg.augment.enabled):
         return "train"
@@ -345,12 +363,15 @@ def augmented_frame(ctx: Context, teacher):
     """The training split plus TinyBERT variants of (the first max_source_rows of) it, cached on disk."""
     import hashlib
 
-    import pandas as pd
-
     from distil.data.augment import AugmentConfig, cached_augment
 
     a, frame = ctx.cfg.augment, ctx.data.splits["train"]
     source = frame.iloc[: a.max_source_rows] if a.max_source_rows else frame
+    # A training row whose text is also a validation/test text is not augmented (it stays, unaugmented, as part of
+    # the user's split); variants that happen to equal a held-out text are dropped.
+    leaked = np.asarray(is_held_out(source["text"], ctx.held_out()), dtype=bool)
+    unaugmented = source[leaked]
+    source = source[~leaked].reset_index(drop=True)
     embeddings = teacher.get_input_embeddings().weight.detach()
     mlm = load_mlm(a.mlm_model) if a.method == "mlm" else None
     model_hash = hashlib.sha256(embeddings.float().numpy().tobytes()).hexdigest() if mlm is None else hash_model(mlm)
@@ -366,9 +387,16 @@ def augmented_frame(ctx: Context, teacher):
         mlm_model=mlm,
         embedding_matrix=embeddings,
     )
-    if a.max_source_rows and len(frame) > len(source):
-        out = pd.concat([out, frame.iloc[len(source) :]], ignore_index=True)
     info = out.attrs.get("augment_cache", {})
+    variant_leaks = np.asarray(is_held_out(out["text"], ctx.held_out()), dtype=bool)
+    out = pd.concat([out[~variant_leaks], unaugmented], ignore_index=True)
+    if a.max_source_rows and len(frame) > a.max_source_rows:
+        out = pd.concat([out, frame.iloc[a.max_source_rows :]], ignore_index=True)
+    ctx.data_notes["augment"] = {
+        "source_rows": len(source),
+        "removed_held_out": int(leaked.sum()),
+        "variants_removed_held_out": int(variant_leaks.sum()),
+    }
     ctx.timings["augment"] = time.perf_counter() - start
     print(f"augmentation: {info.get('status', '?')}: {len(frame)} -> {len(out)} training rows")
     return out.reset_index(drop=True)
@@ -426,6 +454,7 @@ def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:
             data=dataset,
             teacher_signal="live teacher" if soft is None else "cached soft labels",
             loss=to_dict(stage.loss),
+            data_notes=ctx.data_notes.get({"general": "general", "train_augmented": "augment"}.get(dataset, "")),
         )
         history["stages"].append(result)
         if not final:
@@ -471,12 +500,24 @@ def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:
             "init": cfg.student.init,
             "layers": getattr(student, "distil_layer_map", None),
             "loss": "cross-entropy on hard labels only (no teacher)",
+            "description": baseline_description(cfg),
+            "train": to_dict(cfg.distill),
         }
-        train_cfg = student_stages(cfg)[-1].train
-        history.update(_fit(ctx, "baseline", student, train_cfg))
+        history.update(_fit(ctx, "baseline", student, cfg.distill))
         ctx.timings["baseline"] = history["train_seconds"]
         saved["baseline"] = _save_model(ctx, "baseline", student, history)
     return saved
+
+
+def baseline_description(cfg: RunConfig) -> str:
+    """What the baseline is, in one sentence for the report: the student's own settings, never a stage's."""
+    t = cfg.distill
+    return (
+        f"the same student ({cfg.student.init}, same initial weights) trained with cross-entropy on the training "
+        f"split's labels only: no teacher, no general distillation, no augmentation; the student's own `distill` "
+        f"settings (epochs {t.epochs:g}, learning rate {t.learning_rate:g}, batch {t.batch_size}, "
+        f"warmup {t.warmup_ratio:g}, bf16 {str(t.bf16).lower()}), best checkpoint on validation accuracy"
+    )
 
 
 def run_all(ctx: Context) -> dict:

