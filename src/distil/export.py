@@ -30,6 +30,7 @@ from torch import nn
 from distil.errors import DistilError
 from distil.io import atomic_dir, read_json, write_json
 from distil.model_card import render_model_card, write_model_card  # noqa: F401  (re-exported)
+from distil.models.loading import load_pretrained
 
 MODEL_ONNX = "model.onnx"
 EXPORT_META = "distil_export.json"
@@ -84,11 +85,6 @@ def load_hf_student(model_dir: str | os.PathLike) -> tuple[nn.Module, Any]:
     model_dir = Path(model_dir)
     config = read_student_config(model_dir)
     _refuse_lstm(config, model_dir, "this")
-    if not any(model_dir.glob("*.safetensors")):
-        raise DistilError(
-            f"model_dir '{model_dir}' has config.json but no *.safetensors weights; save the student with "
-            "save_pretrained(safe_serialization=True)"
-        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as e:
@@ -96,8 +92,8 @@ def load_hf_student(model_dir: str | os.PathLike) -> tuple[nn.Module, Any]:
             f"model_dir '{model_dir}': no loadable tokenizer ({type(e).__name__}); save the tokenizer beside the "
             "model with tokenizer.save_pretrained(model_dir)"
         ) from e
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
-    return model.eval(), tokenizer
+    model = load_pretrained(AutoModelForSequenceClassification, str(model_dir), dtype=torch.float32)
+    return model, tokenizer
 
 
 def model_input_names(model: nn.Module, tokenizer: Any) -> list[str]:

@@ -28,7 +28,7 @@ from distil.data.held_out import held_out_texts, is_held_out
 from distil.distill import DistillationTrainer, accuracy_metrics, training_arguments
 from distil.errors import DistilError
 from distil.io import atomic_dir, atomic_path, read_json, write_json, write_text
-from distil.models.loading import check_same_vocabulary, load_classifier, load_tokenizer
+from distil.models.loading import check_same_vocabulary, load_classifier, load_pretrained, load_tokenizer
 from distil.models.lstm import LSTMClassifier, LSTMConfig
 from distil.models.packaged import resolve_model
 from distil.models.student import select_layers, student_from_config, student_from_teacher
@@ -406,11 +406,9 @@ def load_mlm(path_or_name: str):
     from transformers import AutoModelForMaskedLM
 
     try:
-        return AutoModelForMaskedLM.from_pretrained(resolve_model(path_or_name), use_safetensors=True).eval()
-    except (OSError, ValueError) as e:
-        raise DistilError(
-            f"augment.mlm_model '{path_or_name}' could not be loaded as a masked LM ({str(e).splitlines()[0]})"
-        ) from None
+        return load_pretrained(AutoModelForMaskedLM, resolve_model(path_or_name))
+    except DistilError as e:
+        raise DistilError(f"augment.mlm_model: {e}") from None
 
 
 def _general_teacher(ctx: Context):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ def load_classifier(
     num_labels: int | None = None,
     id2label: dict[int, str] | None = None,
     label2id: dict[str, int] | None = None,
-    allow_download: bool = False,
+    allow_download: bool | None = None,
 ) -> nn.Module:
     """Load a sequence classifier: a distil LSTM directory or any Transformers checkpoint in safetensors.
 
@@ -48,7 +50,8 @@ def load_classifier(
         num_labels: classes wanted; ``None`` keeps the checkpoint's (or ``len(id2label)``).
         id2label: class index -> name; sets the label names (and ``num_labels`` when that is not given).
         label2id: class name -> index; defaults to the inverse of ``id2label``.
-        allow_download: let Transformers fetch a Hub name missing from the local cache.
+        allow_download: let Transformers fetch a Hub name missing from the local cache; None: unless
+            ``HF_HUB_OFFLINE=1``.
 
     Returns:
         The model in eval mode.
@@ -59,31 +62,71 @@ def load_classifier(
     """
     num_labels, id2label, label2id = _resolve_labels(num_labels, id2label, label2id)
     path = Path(path_or_name).expanduser()
+    if path.exists() and _check_local_checkpoint(path).get("distil_model") == LSTM_MODEL_TYPE:
+        return _load_lstm(path, num_labels, id2label, label2id)
+
+    def set_labels(config: PretrainedConfig) -> dict:
+        return {"ignore_mismatched_sizes": _apply_labels(config, num_labels, id2label, label2id)}
+
+    return load_pretrained(
+        AutoModelForSequenceClassification, path_or_name, allow_download=allow_download, configure=set_labels
+    )
+
+
+def load_pretrained(
+    auto_class: type,
+    path_or_name: str,
+    *,
+    allow_download: bool | None = None,
+    configure: Callable[[PretrainedConfig], dict] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """The one way distil loads Transformers weights: safetensors only, never a pickle.
+
+    Every model distil reads (teacher, student, baseline, predict, export, serve, inspect, masked LMs for
+    augmentation) comes through here, so ``use_safetensors=True`` is passed every time: a directory holding a
+    decoy ``x.safetensors`` beside a ``pytorch_model.bin`` is refused, never unpickled.
+
+    Args:
+        auto_class: the Transformers class to load with (``AutoModelForSequenceClassification``, ...).
+        path_or_name: a local directory, or a Hub name (``org/name``).
+        allow_download: let Transformers fetch a Hub name missing from the local cache; None: unless
+            ``HF_HUB_OFFLINE=1``.
+        configure: called with the loaded config before the weights; returns extra ``from_pretrained`` kwargs.
+        kwargs: passed to ``from_pretrained`` (e.g. ``dtype``).
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        DistilError: the path is missing or not a safetensors checkpoint, or the name is not available.
+    """
+    allow_download = _online() if allow_download is None else allow_download
+    path = Path(path_or_name).expanduser()
     if path.exists():
-        config_fields = _check_local_checkpoint(path)
-        if config_fields.get("distil_model") == LSTM_MODEL_TYPE:
-            return _load_lstm(path, num_labels, id2label, label2id)
+        _check_local_checkpoint(path)
         source, local_only = str(path), True
     else:
         _check_hub_name(path_or_name, "model")
         source, local_only = path_or_name, not allow_download
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
-        resized = _apply_labels(config, num_labels, id2label, label2id)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, config=config, use_safetensors=True, local_files_only=local_only, ignore_mismatched_sizes=resized
+        extra = configure(config) if configure is not None else {}
+        model = auto_class.from_pretrained(
+            source, config=config, use_safetensors=True, local_files_only=local_only, **extra, **kwargs
         )
     except (OSError, ValueError, KeyError) as error:
-        raise DistilError(_unavailable(path_or_name, "model", allow_download, error)) from None
+        raise DistilError(_unavailable(path_or_name, "model", allow_download, error, local=path.exists())) from None
     return model.eval()
 
 
-def load_tokenizer(path_or_name: str, *, allow_download: bool = False) -> Any:
+def load_tokenizer(path_or_name: str, *, allow_download: bool | None = None) -> Any:
     """Load a tokenizer with ``AutoTokenizer`` from a local directory or a Hub name.
 
     Args:
         path_or_name: a local directory holding the tokenizer files, or a Hub name (``org/name``).
-        allow_download: let Transformers fetch a Hub name missing from the local cache.
+        allow_download: let Transformers fetch a Hub name missing from the local cache; None: unless
+            ``HF_HUB_OFFLINE=1``.
 
     Returns:
         The tokenizer.
@@ -91,6 +134,7 @@ def load_tokenizer(path_or_name: str, *, allow_download: bool = False) -> Any:
     Raises:
         DistilError: when the path is missing or holds no tokenizer, or the name is not available offline.
     """
+    allow_download = _online() if allow_download is None else allow_download
     path = Path(path_or_name).expanduser()
     if not path.exists():
         _check_hub_name(path_or_name, "tokenizer")
@@ -98,7 +142,9 @@ def load_tokenizer(path_or_name: str, *, allow_download: bool = False) -> Any:
     try:
         return AutoTokenizer.from_pretrained(source, local_files_only=path.exists() or not allow_download)
     except (OSError, ValueError, KeyError) as error:
-        raise DistilError(_unavailable(path_or_name, "tokenizer", allow_download, error)) from None
+        raise DistilError(
+            _unavailable(path_or_name, "tokenizer", allow_download, error, local=path.exists())
+        ) from None
 
 
 def vocabulary_fingerprint(tokenizer: Any) -> str:
@@ -190,7 +236,7 @@ def _check_local_checkpoint(path: Path) -> dict[str, Any]:
     config_path = path / "config.json"
     if not config_path.is_file():
         raise DistilError(f"checkpoint {path}: has no config.json; pass a directory written by save_pretrained")
-    has_safetensors = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()
+    has_safetensors = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
     if not has_safetensors:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
@@ -199,7 +245,8 @@ def _check_local_checkpoint(path: Path) -> dict[str, Any]:
                 f"{_CONVERT_HINT}"
             )
         raise DistilError(
-            f"checkpoint {path}: holds no *.safetensors weights; pass a directory written by save_pretrained"
+            f"checkpoint {path}: holds no model.safetensors (or model.safetensors.index.json); pass a directory "
+            "written by save_pretrained"
         )
     with open(config_path, encoding="utf-8") as f:
         return json.load(f)
@@ -216,6 +263,11 @@ def _load_lstm(
     return model.eval()
 
 
+def _online() -> bool:
+    """Downloads are allowed unless the user (or the test suite) set HF_HUB_OFFLINE."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "on", "yes")
+
+
 def _check_hub_name(name: str, what: str) -> None:
     plausible = _HUB_NAME.fullmatch(name) is not None and ".." not in name and not name.endswith(PICKLE_SUFFIXES)
     if not plausible:
@@ -224,7 +276,12 @@ def _check_hub_name(name: str, what: str) -> None:
         )
 
 
-def _unavailable(name: str, what: str, allow_download: bool, error: Exception) -> str:
+def _unavailable(name: str, what: str, allow_download: bool, error: Exception, local: bool = False) -> str:
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    fix = "check the name" if allow_download else "pass a local directory, or allow downloads (allow_download=True)"
+    if local:
+        fix = f"pass a directory written by save_pretrained (config.json, model.safetensors and the {what} files)"
+    elif allow_download:
+        fix = "check the name"
+    else:
+        fix = "pass a local directory, or go online to download it (unset HF_HUB_OFFLINE)"
     return f"{what} {name!r}: could not be loaded ({reason}); {fix}"
