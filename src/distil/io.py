@@ -1,7 +1,9 @@
 """Atomic writes: everything distil puts on disk goes through here, so nothing is left half-written.
 
 A file is written to a temporary sibling and renamed over the target (rename is atomic on POSIX);
-a directory is filled under a temporary name and renamed into place when complete.
+a directory is filled under a temporary name and renamed into place when complete. Both get the mode the
+process's umask gives a new file or directory (0644 / 0755 under the usual umask 022), not the 0600 / 0700 of
+`tempfile`: an exported model or a shared cache must be readable by the service that serves it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,20 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back: there is no getter before Python 3.14)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``, on error delete it."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -55,6 +65,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~current_umask())
     try:
         yield tmp
         if target.exists():
