@@ -80,8 +80,8 @@ def _config_from_args(args: argparse.Namespace):
         if raw is not None:
             set_dotted(overrides, key, parse_flag_value(key, raw, tp))
     config = args.config
-    if config is None and args.command != "run":
-        # a stage command on an existing run reads that run's resolved config (flags still override it)
+    if config is None and (args.command != "run" or args.resume):
+        # a stage command on an existing run, or --resume, reads that run's resolved config (flags override it)
         from distil.config import RunConfig
 
         saved = Path(overrides.get("output_dir", RunConfig.output_dir)).expanduser() / "config.yaml"
@@ -101,12 +101,10 @@ def _run_config_command(args: argparse.Namespace) -> int:
         pipeline.run_all(ctx)
         print(f"\nreport: {cfg.output_path / 'report.md'}")
         return 0
-    stage = {"teacher": "teacher", "student": "student"}.get(args.command)
-    if stage:
-        pipeline.check_output_dir(cfg, args.resume, stage=stage)
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    pipeline.write_config(ctx)
+    pipeline.open_run_dir(ctx, stage=args.command)
     ctx.load_data()
+    if args.command == "teacher" and not ctx.done("student"):
+        pipeline.check_models(ctx)
     if args.command == "teacher":
         print(f"teacher saved to {pipeline.run_teacher(ctx)}")
     elif args.command == "soft-labels":

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from transformers import set_seed
 
-from distil.config import RunConfig, StageConfig, dump_yaml, to_dict
+from distil.config import RunConfig, StageConfig, dump_yaml, load_config, to_dict
 from distil.data import PadCollator, TaskData, add_teacher_tokens, prepare_data, to_dataset
 from distil.data.corpus import read_corpus, tokenize_unlabelled
 from distil.data.held_out import held_out_texts, is_held_out
@@ -32,6 +32,7 @@ from distil.models.loading import check_same_vocabulary, load_classifier, load_p
 from distil.models.lstm import LSTMClassifier, LSTMConfig
 from distil.models.packaged import resolve_model
 from distil.models.student import select_layers, student_from_config, student_from_teacher
+from distil.preflight import check_model_pair, check_same_run, check_writable
 from distil.soft_labels import hash_model, soft_labels_for
 
 MODEL_STAGES = ("teacher", "student", "baseline")
@@ -124,6 +125,12 @@ class Context:
         )
 
 
+def run_started(out: Path) -> bool:
+    """A run folder holds a run once any stage started: anything beside config.yaml (written before the first
+    stage, so a failure before it leaves a folder that is not a run)."""
+    return out.is_dir() and any(p.name != "config.yaml" for p in out.iterdir())
+
+
 def check_output_dir(cfg: RunConfig, resume: bool, stage: str | None = None) -> None:
     """Refuse to overwrite a finished run (or stage) unless --overwrite; refuse to mix runs unless --resume."""
     out = cfg.output_path
@@ -139,14 +146,38 @@ def check_output_dir(cfg: RunConfig, resume: bool, stage: str | None = None) -> 
             f"output_dir '{out}' already holds a finished run; pass --overwrite to replace it "
             f"or choose another --output_dir"
         )
-    if out.exists() and any(out.iterdir()) and not resume:
+    if run_started(out) and not resume:
         raise DistilError(
             f"output_dir '{out}' holds an unfinished run; pass --resume to continue it or --overwrite to start over"
         )
 
 
+def open_run_dir(ctx: Context, stage: str | None = None) -> None:
+    """Every check that needs no data or model, then config.yaml: a finished run or stage is not overwritten by
+    accident, output_dir and cache_dir are writable, and a run folder that already started is continued only with
+    its own settings (`distil.preflight.check_same_run`). ``stage``: the stage command (None: `distil run`)."""
+    cfg = ctx.cfg
+    if stage in (None, "teacher", "student"):
+        check_output_dir(cfg, ctx.resume, stage=stage)
+    check_writable(cfg.output_path, "output_dir")
+    check_writable(cfg.cache_path, "cache_dir")
+    saved = ctx.out / "config.yaml"
+    if saved.is_file() and run_started(ctx.out) and (ctx.resume or stage not in (None, "teacher")):
+        check_same_run(load_config(str(saved)), cfg, ctx.out, resume=ctx.resume)
+    write_config(ctx)
+
+
 def write_config(ctx: Context) -> None:
     write_text(ctx.out / "config.yaml", dump_yaml(ctx.cfg))
+
+
+def check_models(ctx: Context) -> None:
+    """Before the teacher trains: the student can be built from it (layer list against its depth, widths, heads)
+    and every stage's loss terms can run on the pair. Uses the teacher as it is before fine-tuning (the same
+    shapes), so a bad student or recipe costs seconds, not the teacher's training."""
+    teacher = load_stage_model(ctx, "teacher") if ctx.done("teacher") else _general_teacher(ctx)
+    student = build_student(ctx, teacher)
+    check_model_pair(student_stages(ctx.cfg), teacher, student)
 
 
 def _fit(
@@ -522,10 +553,10 @@ def run_all(ctx: Context) -> dict:
     """`distil run`: every stage in order, skipping those already finished when resuming."""
     from distil.report import run_eval
 
-    check_output_dir(ctx.cfg, ctx.resume)
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    write_config(ctx)
+    open_run_dir(ctx)
     ctx.load_data()
+    if not ctx.done("student"):
+        check_models(ctx)
     start = time.perf_counter()
     if not ctx.done("teacher"):
         run_teacher(ctx)
