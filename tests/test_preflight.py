@@ -72,8 +72,17 @@ def test_a_layer_list_beyond_the_teachers_depth_is_refused_before_the_teacher_tr
 
 def test_a_recipe_term_the_pair_cannot_run_is_refused_before_the_teacher_trains(teacher_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    student = ["--student.hidden_size", "32", "--student.num_attention_heads", "2", "--student.intermediate_size", "64"]
-    assert main(["run", "tinybert", "--teacher.model", teacher_dir, *small_run_flags(out, tmp_path / "c"), *student]) == 2
+    student = [
+        "--student.hidden_size",
+        "32",
+        "--student.num_attention_heads",
+        "2",
+        "--student.intermediate_size",
+        "64",
+    ]
+    assert (
+        main(["run", "tinybert", "--teacher.model", teacher_dir, *small_run_flags(out, tmp_path / "c"), *student]) == 2
+    )
     err = _one_line_error(capsys)
     assert "stage 'general': loss.attention_weight cannot run on this teacher/student pair" in err
     assert "2 heads and the teacher 4" in err

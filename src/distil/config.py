@@ -7,6 +7,7 @@ with one line naming the key, the value and what would be valid.
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,14 @@ def _check(cond: bool, key: str, value: Any, valid: str) -> None:
         raise ConfigError(key, value, valid)
 
 
+def _known_encoding(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
 @dataclass
 class DataConfig:
     """Where the examples come from and how they are split and tokenised."""
@@ -41,8 +50,10 @@ class DataConfig:
     """Column holding the label (strings or ints)."""
     labels: list[str] | None = None
     """Label names in id order; None takes the sorted distinct labels of the training split."""
+    encoding: str = "utf-8"
+    """Text encoding of CSV/TSV/JSON files (e.g. latin-1, cp1252); a UTF-8 byte-order mark is skipped."""
     validation_fraction: float = 0.1
-    """Share held out for validation when the source has no validation split."""
+    """Share held out for validation when the source has no validation split (ignored when it has one)."""
     test_fraction: float = 0.1
     """Share held out for test when the source has no test split."""
     split_seed: int = 0
@@ -66,8 +77,16 @@ class DataConfig:
         return ["vader-tweets", "vader-amazon", "vader-nyt"] if self.source == "rotten-tomatoes" else []
 
     def __post_init__(self):
-        _check(0.0 <= self.validation_fraction < 0.5, "validation_fraction", self.validation_fraction, "0 <= x < 0.5")
+        _check(0.0 < self.validation_fraction < 0.5, "validation_fraction", self.validation_fraction, "0 < x < 0.5")
         _check(0.0 < self.test_fraction < 0.5, "test_fraction", self.test_fraction, "0 < x < 0.5")
+        _check(self.split_seed >= 0, "split_seed", self.split_seed, "an int >= 0")
+        _check(
+            self.label_column not in (self.text_column, self.text_pair_column),
+            "label_column",
+            self.label_column,
+            "a column other than the text columns (set data.label_column)",
+        )
+        _check(_known_encoding(self.encoding), "encoding", self.encoding, "a codec name (utf-8, latin-1, cp1252)")
         _check(8 <= self.max_length <= 8192, "max_length", self.max_length, "an int in 8..8192")
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
@@ -411,6 +430,8 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     distill: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, learning_rate=1e-4))
+    """The student's own training: its one stage when `stages` is empty, and always the baseline's (the same student
+    on the labels alone; a multi-stage recipe's last stage never sets the baseline's settings)."""
     stages: list[StageConfig] = field(default_factory=list)
     """Multi-stage recipes: run these stages in order instead of one stage of `loss` + `distill`."""
     skip_stages: list[str] = field(default_factory=list)

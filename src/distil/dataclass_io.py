@@ -7,6 +7,8 @@ line naming the key, the value and what would be valid.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -32,34 +34,40 @@ def _type_name(tp: Any) -> str:
         return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
     if origin is list:
         return f"a list of {_type_name(get_args(tp)[0])}"
-    return {int: "an int", float: "a number", str: "a string", bool: "true/false"}.get(
+    return {int: "an int", float: "a number (e.g. 0.1 or 2e-5)", str: "a string", bool: "true/false"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
 
 
+# Decimal or scientific notation: YAML 1.1 (PyYAML) reads `2e-5` and `1E+3` as strings, not numbers.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _as_float(value: Any) -> float | None:
+    """``value`` as a finite float (ints widen; numeric strings such as '2e-5' parse), else None."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    """Check ``value`` against the annotation ``tp``; return it.
+
+    Ints widen to floats, and a float field also takes a string in decimal or scientific notation ('2e-5', which
+    YAML 1.1 leaves a string); nan and inf are refused. Int fields stay strict ('1e3' is refused). A string field
+    takes an int as its digits (`labels: [0, 1]` names int labels).
+    """
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
-        for arg in get_args(tp):
-            if arg is type(None) and value is None:
-                return None
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(key, value, _type_name(tp))
+        return _coerce_union(value, tp, key)
     if origin is Literal:
         if value in get_args(tp):
             return value
         raise ConfigError(key, value, _type_name(tp))
     if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(key, value, _type_name(tp))
-        item = get_args(tp)[0]
-        return [
-            _coerce(v, item, f"{key}[{i}]" if dataclasses.is_dataclass(item) else key) for i, v in enumerate(value)
-        ]
+        return _coerce_list(value, tp, key)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, prefix=key)
     if tp is bool:
@@ -69,12 +77,49 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = _as_float(value)
+        if number is not None:
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
     raise ConfigError(key, value, _type_name(tp))
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """The first arm of ``tp`` that takes ``value``; when none does, `X | None` keeps X's own message."""
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError as e:
+            errors.append(e)
+    if len(errors) == 1 and type(None) in args:
+        raise ConfigError(errors[0].key, errors[0].value, f"null or {errors[0].valid}")
+    raise ConfigError(key, value, _type_name(tp))
+
+
+def _coerce_list(value: Any, tp: Any, key: str) -> list:
+    item = get_args(tp)[0]
+    if not isinstance(value, list):
+        raise ConfigError(key, value, _type_name(tp))
+    if dataclasses.is_dataclass(item):
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if item is str and any(v is None or isinstance(v, bool) for v in value):
+        # YAML 1.1 reads yes/no/on/off/true/false as booleans and null/NULL/~ as null: names must be quoted
+        valid = "a list of strings (quote the names YAML reads as true/false or null: 'yes', 'no', 'NULL')"
+        raise ConfigError(key, value, valid)
+    try:
+        return [_coerce(v, item, key) for v in value]
+    except ConfigError:
+        raise ConfigError(key, value, _type_name(tp)) from None
 
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:

@@ -89,8 +89,7 @@ def check_same_run(saved: RunConfig, wanted: RunConfig, out: Path, resume: bool)
         fix = "its teacher was trained with the saved ones; use another --output_dir"
     if bad:
         raise DistilError(
-            f"output_dir '{out}' was run with other settings than these: {_describe(bad)} "
-            f"(config.yaml vs now); {fix}"
+            f"output_dir '{out}' was run with other settings than these: {_describe(bad)} (config.yaml vs now); {fix}"
         )
 
 

@@ -4,8 +4,7 @@ import pandas as pd
 
 from distil import pipeline
 from distil.config import RunConfig
-from distil.data import TaskData, prepare_data
-from distil.data import sources
+from distil.data import TaskData, prepare_data, sources
 from distil.data.corpus import BUILTIN_UNLABELLED, read_corpus
 from distil.data.held_out import held_out_texts, normalise
 

@@ -128,3 +128,95 @@ def test_tokenise_and_pad(tokenizer):
     assert batch["input_ids"].shape == (2, 8)
     assert batch["attention_mask"][0].tolist() == [1] * 5 + [0] * 3
     assert batch["idx"].tolist() == [0, 1] and batch["labels"].tolist() == [0, 1]
+
+
+def _write(tmp_path, rows: list[tuple], name="d.csv"):
+    path = tmp_path / name
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
+    return path
+
+
+def test_too_few_rows_for_a_held_out_split_is_refused(tmp_path):
+    path = _write(tmp_path, [(f"t{i}", "pos" if i % 2 else "neg") for i in range(5)], "x.csv")
+    with pytest.raises(DistilError) as err:
+        prepare_data(DataConfig(source=str(path)))
+    message = str(err.value)
+    assert message.startswith(f"data '{path}': the validation split is empty (5 rows, validation_fraction 0.1")
+    assert message.endswith("give more rows or a larger data.validation_fraction") and "\n" not in message
+
+
+def test_too_few_rows_for_a_carved_split_of_a_saved_dataset(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    train = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["x", "y", "x", "y"]})
+    path = tmp_path / "saved"
+    DatasetDict({"train": Dataset.from_pandas(train), "validation": Dataset.from_pandas(train)}).save_to_disk(path)
+    with pytest.raises(DistilError, match=r"\[train\]': the test split is empty \(4 rows, test_fraction 0.1\)"):
+        prepare_data(DataConfig(source=str(path)))
+
+
+def test_split_keeps_a_training_row_of_every_label():
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(22)], "label": ["a"] * 20 + ["rare"] * 2})
+    splits = stratified_split(df, {"validation": 0.45, "test": 0.45}, seed=0)
+    assert (splits["train"]["label"] == "rare").sum() == 1  # before: both rare rows held out, train had none
+    assert sum(len(s) for s in splits.values()) == 22
+
+
+def test_one_label_in_training_is_refused(tmp_path):
+    path = _write(tmp_path, [(f"t{i}", "pos") for i in range(40)])
+    expected = (
+        f"data '{path}': the train split has one label only ('pos' in column 'label'); a classifier needs at "
+        f"least two distinct labels: give examples of another label"
+    )
+    with pytest.raises(DistilError) as err:
+        prepare_data(DataConfig(source=str(path)))
+    assert str(err.value) == expected
+    with pytest.raises(DistilError, match="one label only"):  # naming a second label that never appears is no help
+        prepare_data(DataConfig(source=str(path), labels=["pos", "neg"]))
+
+
+def test_one_label_after_max_train_samples_names_it(tmp_path):
+    path = _write(tmp_path, [(f"t{i}", "pos" if i % 2 else "neg") for i in range(40)])
+    with pytest.raises(DistilError, match="one label only .* or a larger data.max_train_samples$"):
+        prepare_data(DataConfig(source=str(path), max_train_samples=1))
+
+
+def test_labels_listed_but_absent_are_fine(tmp_path):
+    path = _write(tmp_path, [(f"t{i}", "pos" if i % 2 else "neg") for i in range(40)])
+    data = prepare_data(DataConfig(source=str(path), labels=["neg", "pos", "neutral"]))
+    assert data.label_names == ["neg", "pos", "neutral"]
+    assert set(data.splits["train"]["label"]) == {0, 1}
+
+
+def test_int_labels_with_an_empty_cell_stay_ints(tmp_path):
+    path = tmp_path / "d.csv"
+    rows = [f"text {i},{i % 2}" for i in range(40)]
+    rows[5] = "text 5,"
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    data = prepare_data(DataConfig(source=str(path)))
+    assert data.label_names == ["0", "1"]  # before: ['0.0', '1.0']
+    assert data.skipped_empty["all"] == 1
+
+
+def test_fractional_labels_are_refused(tmp_path):
+    path = _write(tmp_path, [(f"t{i}", [0.25, 3.5][i % 2]) for i in range(40)])
+    with pytest.raises(DistilError) as err:
+        prepare_data(DataConfig(source=str(path)))
+    assert str(err.value) == (
+        f"data '{path}': label column 'label' holds fractional numbers (e.g. 0.25); distil trains classifiers: "
+        f"give class labels (names or ints) or set data.label_column"
+    )
+
+
+def test_extra_test_set_with_splits_uses_its_test_split(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    path = _write(tmp_path, [(f"t{i}", "pos" if i % 2 else "neg") for i in range(40)])
+    extra = pd.DataFrame({"text": ["x", "y"], "label": ["pos", "neg"]})
+    with_test, without = tmp_path / "with_test", tmp_path / "without"
+    DatasetDict({"train": Dataset.from_pandas(extra), "test": Dataset.from_pandas(extra)}).save_to_disk(with_test)
+    DatasetDict({"train": Dataset.from_pandas(extra)}).save_to_disk(without)
+    data = prepare_data(DataConfig(source=str(path), extra_test_sets=[str(with_test)]))
+    assert data.extra_tests[str(with_test)]["label"].tolist() == [1, 0]
+    with pytest.raises(DistilError, match=r"extra_test_sets '.*without': splits \['train'\] have no 'test' split"):
+        prepare_data(DataConfig(source=str(path), extra_test_sets=[str(without)]))

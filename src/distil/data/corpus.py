@@ -188,7 +188,9 @@ def read_corpus(
         removed += len(texts) - len(kept)
         texts = kept
     if not texts:
-        raise DistilError(f"unlabelled data '{source}' has no non-empty text (after removing {removed} held-out texts)")
+        raise DistilError(
+            f"unlabelled data '{source}' has no non-empty text (after removing {removed} held-out texts)"
+        )
     return Corpus(texts[:max_rows] if max_rows else texts, removed)
 
 

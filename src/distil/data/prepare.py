@@ -45,10 +45,25 @@ def _select_columns(frame: pd.DataFrame, cfg: DataConfig, where: str, need_label
     if cfg.text_pair_column:
         out["text_pair"] = frame[cfg.text_pair_column]
     if need_label:
-        out["label"] = frame[cfg.label_column]
+        out["label"] = _class_labels(frame[cfg.label_column], cfg.label_column, where)
     if len(out) == 0:
         raise DistilError(f"data '{where}' has no rows; give a source with examples")
     return out.reset_index(drop=True)
+
+
+def _class_labels(labels: pd.Series, column: str, where: str) -> pd.Series:
+    """Labels as classes: a float column of whole numbers (an int column with empty cells) becomes ints again, so
+    the labels stay '0'/'1' rather than '0.0'/'1.0'; fractional numbers are scores, not classes, and are refused."""
+    if not pd.api.types.is_float_dtype(labels):
+        return labels
+    values = labels.dropna()
+    fractional = values[values != np.floor(values)]
+    if len(fractional):
+        raise DistilError(
+            f"data '{where}': label column '{column}' holds fractional numbers (e.g. {float(fractional.iloc[0])!r}); "
+            f"distil trains classifiers: give class labels (names or ints) or set data.label_column"
+        )
+    return labels.astype("Int64")
 
 
 def _drop_empty(frame: pd.DataFrame, cfg: DataConfig, where: str) -> tuple[pd.DataFrame, int]:
@@ -74,14 +89,18 @@ def _drop_empty(frame: pd.DataFrame, cfg: DataConfig, where: str) -> tuple[pd.Da
 
 
 def stratified_split(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> dict[str, pd.DataFrame]:
-    """Split rows per label in the given fractions (the remainder is 'train'); deterministic under ``seed``."""
+    """Split rows per label in the given fractions (the remainder is 'train'); deterministic under ``seed``.
+
+    Every label keeps at least one row in 'train' (a label of 2 rows under fractions 0.4/0.4 gives 1 to train), so
+    a held-out label is always one the model can learn.
+    """
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in ["train", *fractions]}
     for _, rows in sorted(frame.groupby(frame["label"].astype(str)).groups.items()):
         idx = rng.permutation(np.asarray(rows))
         start = 0
         for name, frac in fractions.items():
-            n = int(round(len(idx) * frac))
+            n = min(int(round(len(idx) * frac)), max(len(idx) - start - 1, 0))  # train keeps >= 1 row per label
             parts[name].append(idx[start : start + n])
             start += n
         parts["train"].append(idx[start:])
@@ -121,45 +140,85 @@ def _encode_labels(frame: pd.DataFrame, names: list[str], where: str, synonyms: 
     return out
 
 
+def _load_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """The train/validation/test frames of ``cfg.source`` (held-out splits carved where the source has none)."""
+    loaded = load_source(cfg.source, cfg.encoding)
+    skipped: dict[str, int] = {}
+    fractions = {"validation": cfg.validation_fraction, "test": cfg.test_fraction}
+    if not isinstance(loaded, dict):
+        frame, skipped["all"] = _drop_empty(_select_columns(loaded, cfg, cfg.source), cfg, cfg.source)
+        splits = stratified_split(frame, fractions, cfg.split_seed)
+        _refuse_empty_splits(splits, fractions, len(frame), cfg.source)
+        return splits, skipped
+    if "train" not in loaded:
+        raise DistilError(f"data '{cfg.source}': splits {sorted(loaded)} have no 'train' split")
+    splits = {}
+    for name, frame in loaded.items():
+        if name in SPLIT_NAMES:
+            where = f"{cfg.source}[{name}]"
+            splits[name], skipped[name] = _drop_empty(_select_columns(frame, cfg, where), cfg, where)
+    missing = {name: frac for name, frac in fractions.items() if name not in splits}
+    if missing:
+        n_rows = len(splits["train"])
+        splits.update(stratified_split(splits["train"], missing, cfg.split_seed))
+        _refuse_empty_splits(splits, missing, n_rows, f"{cfg.source}[train]")
+    return splits, skipped
+
+
+def _refuse_empty_splits(splits: dict[str, pd.DataFrame], fractions: dict[str, float], n_rows: int, where: str):
+    for name in SPLIT_NAMES:
+        if len(splits[name]) == 0:
+            held_out = ", ".join(f"{k}_fraction {v:g}" for k, v in fractions.items())
+            fix = f"a larger data.{name}_fraction" if name in fractions else "smaller fractions"
+            raise DistilError(
+                f"data '{where}': the {name} split is empty ({n_rows} rows, {held_out}); give more rows or {fix}"
+            )
+
+
+def _refuse_single_label(train: pd.DataFrame, cfg: DataConfig) -> None:
+    present = sorted(set(train["label"].astype(str)))
+    if len(present) < 2:
+        fix = " or a larger data.max_train_samples" if cfg.max_train_samples else ""
+        raise DistilError(
+            f"data '{cfg.source}': the train split has one label only ({present[0]!r} in column "
+            f"'{cfg.label_column}'); a classifier needs at least two distinct labels: give examples of another "
+            f"label{fix}"
+        )
+
+
+def _extra_test_frame(loaded: pd.DataFrame | dict[str, pd.DataFrame], source: str) -> pd.DataFrame:
+    """An extra test set's rows: the frame, or the 'test' split of a source with splits."""
+    if not isinstance(loaded, dict):
+        return loaded
+    if "test" not in loaded:
+        raise DistilError(
+            f"data.extra_test_sets '{source}': splits {sorted(loaded)} have no 'test' split; give a file or a "
+            f"dataset with a test split"
+        )
+    return loaded["test"]
+
+
 def prepare_data(cfg: DataConfig) -> TaskData:
     """Load, clean, split and label-encode the data of ``cfg``.
 
     Raises:
-        DistilError: missing/empty file, missing column, empty rows under empty_text=error, unknown label.
+        DistilError: missing/empty/undecodable file, missing column, empty rows under empty_text=error, an empty
+            split, fewer than two labels in training, an unknown label.
     """
-    loaded = load_source(cfg.source)
-    skipped: dict[str, int] = {}
-    if isinstance(loaded, dict):
-        if "train" not in loaded:
-            raise DistilError(f"data '{cfg.source}': splits {sorted(loaded)} have no 'train' split")
-        splits = {}
-        for name, frame in loaded.items():
-            if name in SPLIT_NAMES:
-                splits[name], skipped[name] = _drop_empty(
-                    _select_columns(frame, cfg, f"{cfg.source}[{name}]"), cfg, f"{cfg.source}[{name}]"
-                )
-        missing = {
-            n: f for n, f in (("validation", cfg.validation_fraction), ("test", cfg.test_fraction)) if n not in splits
-        }
-        if missing:
-            carved = stratified_split(splits["train"], missing, cfg.split_seed)
-            splits.update(carved)
-    else:
-        frame, skipped["all"] = _drop_empty(_select_columns(loaded, cfg, cfg.source), cfg, cfg.source)
-        fractions = {"validation": cfg.validation_fraction, "test": cfg.test_fraction}
-        splits = stratified_split(frame, {k: v for k, v in fractions.items() if v > 0}, cfg.split_seed)
+    splits, skipped = _load_splits(cfg)
     if cfg.max_train_samples:
         splits["train"] = splits["train"].iloc[: cfg.max_train_samples].reset_index(drop=True)
     if cfg.max_eval_samples:
         for name in ("validation", "test"):
-            if name in splits:
-                splits[name] = splits[name].iloc[: cfg.max_eval_samples].reset_index(drop=True)
+            splits[name] = splits[name].iloc[: cfg.max_eval_samples].reset_index(drop=True)
+    _refuse_single_label(splits["train"], cfg)
     names = _label_names(splits["train"], cfg)
     splits = {name: _encode_labels(frame, names, f"{cfg.source}[{name}]") for name, frame in splits.items()}
     extra = {}
     for source in cfg.resolved_extra_test_sets:
         columns = DataConfig(text_column="text", label_column="label") if source in BUILTIN_SOURCES else cfg
-        frame, skipped[source] = _drop_empty(_select_columns(load_source(source), columns, source), cfg, source)
+        loaded = _extra_test_frame(load_source(source, cfg.encoding), source)
+        frame, skipped[source] = _drop_empty(_select_columns(loaded, columns, source), cfg, source)
         extra[source] = _encode_labels(frame, names, source, synonyms=True)
     return TaskData(splits=splits, label_names=names, extra_tests=extra, skipped_empty=skipped)
 

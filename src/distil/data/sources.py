@@ -6,6 +6,9 @@ Built-in sources are filled explicitly in `BUILTIN_SOURCES`; each yields columns
 
 from __future__ import annotations
 
+import bz2
+import codecs
+import gzip
 import importlib.util
 import os
 import tarfile
@@ -101,27 +104,75 @@ BUILTIN_SOURCES: dict[str, Callable[[], pd.DataFrame]] = {
 LABEL_SYNONYMS = {"positive": {"fresh", "pos", "positive"}, "negative": {"rotten", "neg", "negative"}}
 
 
-def _read_file(path: Path) -> pd.DataFrame:
+# Only a truly empty cell is missing: labels named None, NA, NULL, N/A or nan are classes, not gaps.
+CSV_MISSING = {"keep_default_na": False, "na_values": [""]}
+
+
+def _read_file(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     suffixes = "".join(path.suffixes[-2:]).lower()
+    # utf-8-sig reads plain UTF-8 too and drops the byte-order mark spreadsheets write (else column '\ufefftext').
+    text_encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     try:
         if suffixes.endswith((".csv", ".csv.gz", ".csv.bz2")):
-            return pd.read_csv(path)
+            return pd.read_csv(path, encoding=text_encoding, **CSV_MISSING)
         if suffixes.endswith((".tsv", ".tsv.gz", ".tsv.bz2")):
-            return pd.read_csv(path, sep="\t")
+            return pd.read_csv(path, sep="\t", encoding=text_encoding, **CSV_MISSING)
         if suffixes.endswith((".jsonl", ".jsonl.gz", ".json")):
-            return pd.read_json(path, lines=not suffixes.endswith(".json") or _looks_like_jsonl(path))
+            lines = not suffixes.endswith(".json") or _looks_like_jsonl(path, text_encoding)
+            # dtype=False keeps JSON's own types: the string "007" stays a string, not the number 7
+            return pd.read_json(path, lines=lines, encoding=text_encoding, dtype=False)
         if suffixes.endswith(".parquet"):
             return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DistilError(f"data file '{path}' is empty; give a file with a header row and examples") from None
+    except UnicodeDecodeError as e:
+        raise DistilError(_decode_error_message(path, encoding, e)) from None
+    except pd.errors.ParserError as e:
+        raise DistilError(
+            f"data file '{path}' could not be parsed ({_first_line(e)}); quote fields that hold the delimiter"
+        ) from None
     except ValueError as e:
-        raise DistilError(f"data file '{path}' could not be read ({str(e).splitlines()[0]})") from None
+        raise DistilError(f"data file '{path}' could not be read ({_first_line(e)})") from None
     raise DistilError(f"data file '{path}': unknown format '{suffixes}'; use .csv, .tsv, .jsonl, .json or .parquet")
 
 
-def _looks_like_jsonl(path: Path) -> bool:
-    with open(path, encoding="utf-8") as f:
-        return not f.read(1).lstrip().startswith("[")
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _looks_like_jsonl(path: Path, encoding: str = "utf-8") -> bool:
+    """False when the first non-blank character is '[' (a JSON array of records)."""
+    with open(path, encoding=encoding) as f:
+        while char := f.read(1):
+            if not char.isspace():
+                return char != "["
+    return True
+
+
+def _first_undecodable_byte(path: Path, encoding: str) -> tuple[int, int] | None:
+    """(byte offset, line number) of the first byte ``encoding`` cannot decode, reading the file in chunks."""
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix.lower(), open)
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset, lines = 0, 1
+    with opener(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            pending = decoder.getstate()[0]
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                position = offset - len(pending) + e.start
+                return position, lines + (pending + chunk)[: e.start].count(b"\n")
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+    return None
+
+
+def _decode_error_message(path: Path, encoding: str, error: UnicodeDecodeError) -> str:
+    found = _first_undecodable_byte(path, encoding)
+    where = f"byte {found[0]} (line {found[1]})" if found else f"byte {error.start}"
+    hint = "latin-1 or cp1252" if codecs.lookup(encoding).name == "utf-8" else "utf-8"
+    byte = error.object[error.start : error.start + 1]
+    return f"data file '{path}' is not valid {encoding}: {where} is {byte!r}; set data.encoding (e.g. {hint})"
 
 
 def _from_hf(obj) -> pd.DataFrame | dict[str, pd.DataFrame]:
@@ -133,11 +184,16 @@ def _from_hf(obj) -> pd.DataFrame | dict[str, pd.DataFrame]:
     return obj.to_pandas()
 
 
-def load_source(source: str) -> pd.DataFrame | dict[str, pd.DataFrame]:
+def load_source(source: str, encoding: str = "utf-8") -> pd.DataFrame | dict[str, pd.DataFrame]:
     """Load ``source`` as one frame, or a dict of frames keyed by split name.
 
+    Args:
+        source: a built-in name, a CSV/TSV/JSON(L)/Parquet file, a dataset saved with save_to_disk, or a hub name.
+        encoding: text encoding of CSV/TSV/JSON files.
+
     Raises:
-        DistilError: the file is missing or empty, the format is unknown, or a hub name cannot be reached.
+        DistilError: the file is missing, empty, undecodable or malformed, the format is unknown, or a hub name
+            cannot be reached.
     """
     if source in BUILTIN_SOURCES:
         return BUILTIN_SOURCES[source]()
@@ -151,7 +207,7 @@ def load_source(source: str) -> pd.DataFrame | dict[str, pd.DataFrame]:
     if path.is_file():
         if path.stat().st_size == 0:
             raise DistilError(f"data file '{source}' is empty; give a file with a header row and examples")
-        return _read_file(path)
+        return _read_file(path, encoding)
     if path.suffix or os.sep in source and not _looks_like_hub_name(source):
         raise DistilError(
             f"data file '{source}' does not exist; check the path (built-in sources: {', '.join(BUILTIN_SOURCES)})"

@@ -1,0 +1,153 @@
+"""The catalogue of user mistakes: each bad input through the real CLI, its exit status, the one line it prints,
+and what it left on disk. Writes benchmarks/results/bad_inputs.{json,md}.
+
+    .venv/bin/python benchmarks/bad_inputs.py          # ~2 min: nothing trains, every case stops before that
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/distil-unpickled"),))
+
+
+def _csv(path: Path, rows: list[tuple[str, str]], encoding: str = "utf-8") -> str:
+    path.write_bytes(("text,label\n" + "".join(f'"{t}",{lab}\n' for t, lab in rows)).encode(encoding))
+    return str(path)
+
+
+def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
+    """(what the user did, distil arguments, folder to list afterwards)."""
+    words = ["good", "bad", "fine", "dull", "great", "awful", "nice", "poor"]
+    many = [(f"a {w} film number {i}", "pos" if i % 2 else "neg") for i in range(40) for w in words[:1]]
+    run = lambda name: ["--output_dir", str(tmp / name), "--cache_dir", str(tmp / "cache")]  # noqa: E731
+    (tmp / "a-file").write_text("x")
+    locked = tmp / "immutable"
+    locked.mkdir()
+    subprocess.run(["chattr", "+i", str(locked)], capture_output=True)
+    decoy = tmp / "decoy"
+    decoy.mkdir()
+    (decoy / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    (decoy / "x.safetensors").write_bytes(b"decoy")
+    (decoy / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload()))
+    bare = tmp / "no-weights"
+    bare.mkdir()
+    (bare / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    resumed = tmp / "resumed"
+    (resumed / "work" / "teacher").mkdir(parents=True)
+    subprocess.run(
+        [sys.executable, "-c", f"from distil.config import *; open('{resumed}/config.yaml','w').write(dump_yaml("
+         f"load_config(None, {{'output_dir': '{resumed}'}})))"], check=True)  # fmt: skip
+    return [
+        ("data file with 5 rows", ["run", "--data.source", _csv(tmp / "five.csv", many[:5]), *run("five")], None),
+        ("--data.validation_fraction 0", ["run", "--data.validation_fraction", "0", *run("nofrac")], None),
+        (
+            "one label in the data",
+            ["run", "--data.source", _csv(tmp / "one.csv", [(t, "pos") for t, _ in many]), *run("onelabel")],
+            tmp / "onelabel",
+        ),  # fmt: skip
+        (
+            "Latin-1 data file",
+            [
+                "run",
+                "--data.source",
+                _csv(tmp / "latin1.csv", [("caf\u00e9 cr\u00e8me", "pos")] + many, "latin-1"),
+                *run("latin1"),
+            ],
+            None,
+        ),  # fmt: skip
+        (
+            "output_dir immutable (chattr +i)",
+            ["run", "--output_dir", str(locked), "--cache_dir", str(tmp / "c")],
+            None,
+        ),
+        ("output_dir under /proc", ["run", "--output_dir", "/proc/distil-run"], None),
+        ("output_dir under a file", ["run", "--output_dir", str(tmp / "a-file" / "run")], None),
+        ("cache_dir under /proc", ["run", "--output_dir", str(tmp / "c1"), "--cache_dir", "/proc/c"], tmp / "c1"),
+        (
+            "cache_dir under a file",
+            ["run", "--output_dir", str(tmp / "c2"), "--cache_dir", str(tmp / "a-file" / "c")],
+            tmp / "c2",
+        ),  # fmt: skip
+        (
+            "--student.layers [0, 9] (teacher has 6)",
+            ["run", "--student.layers", "[0, 9]", *run("layers")],
+            tmp / "layers",
+        ),
+        (
+            "tinybert with a 5-head student",
+            ["run", "tinybert", "--student.num_attention_heads", "6", "--student.hidden_size", "300", *run("heads")],
+            tmp / "heads",
+        ),  # fmt: skip
+        (
+            "--resume with another data source",
+            ["run", "--resume", "--output_dir", str(resumed), "--data.source", "bbc-news"],
+            resumed,
+        ),  # fmt: skip
+        (
+            "unreadable data (missing file), twice",
+            ["run", "--data.source", str(tmp / "missing.csv"), *run("twice")],
+            tmp / "twice",
+        ),  # fmt: skip
+        ("teacher dir without model.safetensors", ["run", "--teacher.model", str(bare), *run("bare")], None),
+        ("predict on a decoy dir (x.safetensors + pytorch_model.bin)", ["predict", str(decoy), "a fine film"], None),
+        ("export a decoy dir", ["export", str(decoy), str(tmp / "exported")], None),
+        (
+            "--distill.learning_rate 2e-5 --distill.epochs abc",
+            ["run", "--distill.learning_rate", "2e-5", "--distill.epochs", "abc", *run("sci")],
+            None,
+        ),  # fmt: skip
+    ]
+
+
+def _listing(path: Path | None) -> str:
+    if path is None or not path.exists():
+        return "nothing" if path is not None else "-"
+    names = sorted(p.name for p in path.iterdir())
+    return ", ".join(names) if names else "(empty folder)"
+
+
+def main() -> int:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        try:
+            for what, args, folder in _cases(tmp):
+                runs = 2 if "twice" in what else 1
+                for _ in range(runs):
+                    done = subprocess.run([sys.executable, "-m", "distil.cli", *args], env=env, cwd=tmp,
+                                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                err = [line for line in done.stderr.strip().splitlines() if line.strip()]
+                rows.append({"input": what, "exit": done.returncode, "lines": len(err),
+                             "message": err[-1] if err else "", "left": _listing(folder)})  # fmt: skip
+                print(f"{done.returncode}  {what}: {rows[-1]['message']}")
+        finally:
+            subprocess.run(["chattr", "-i", str(tmp / "immutable")], capture_output=True)
+    rows.append({"input": "pickle payload unpickled?", "exit": "", "lines": "",
+                 "message": str(Path("/tmp/distil-unpickled").exists()), "left": ""})  # fmt: skip
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bad_inputs.json").write_text(json.dumps(rows, indent=2) + "\n")
+    md = ["| input | exit | stderr lines | the line printed | left on disk |", "|---|---|---|---|---|"]
+    md += [
+        f"| {r['input']} | {r['exit']} | {r['lines']} | {r['message'].replace('|', '/')} | {r['left']} |" for r in rows
+    ]
+    (out / "bad_inputs.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
