@@ -415,6 +415,8 @@ class EvalConfig:
 class RunConfig:
     """A whole job: teacher -> soft labels -> student (distilled, and a baseline without teacher) -> report."""
 
+    task: Literal["classification"] = "classification"
+    """The task family (distil.tasks.TASKS): classification (single texts or text pairs)."""
     output_dir: str = "runs/default"
     """Where the run writes teacher/, soft labels, student/, baseline/, report.*."""
     seed: int = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
-from transformers import Trainer, TrainingArguments
+from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from distil.config import LossConfig, TrainConfig
 from distil.data.prepare import TEACHER_PREFIX
 from distil.errors import DistilError
-from distil.losses.logits import kd_objective
 from distil.soft_labels import SoftLabels
+from distil.tasks import ClassificationTask, Task
+from distil.tasks.classification import classification_metrics  # noqa: F401  (re-exported)
 
 
 def split_inputs(inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -51,13 +53,21 @@ class Distiller(nn.Module):
         loss: alpha, kd_temperature and the soft-loss kind (docs/losses.md).
         soft_labels: cached teacher logits for the training rows; when given, the teacher never runs.
         teacher: the frozen teacher, run live under inference_mode when ``soft_labels`` is None.
+        task: whose KD term compares the logits (default: classification).
     """
 
-    def __init__(self, loss: LossConfig, soft_labels: SoftLabels | None = None, teacher: nn.Module | None = None):
+    def __init__(
+        self,
+        loss: LossConfig,
+        soft_labels: SoftLabels | None = None,
+        teacher: nn.Module | None = None,
+        task: Task | None = None,
+    ):
         super().__init__()
         if soft_labels is None and teacher is None:
             raise ValueError("Distiller needs soft_labels or a teacher")
         self.loss_cfg = loss
+        self.kd_term = (task or ClassificationTask()).kd_term(loss)
         self.soft_labels = soft_labels
         self.teacher = teacher
         if teacher is not None:
@@ -79,14 +89,7 @@ class Distiller(nn.Module):
         idx: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         teacher = self.teacher_logits(inputs, idx).to(student_logits.device)  # (B, C)
-        return kd_objective(
-            student_logits.float(),
-            teacher,
-            labels,
-            alpha=self.loss_cfg.alpha,
-            kd_temperature=self.loss_cfg.kd_temperature,
-            soft_loss=self.loss_cfg.soft_loss,
-        )
+        return self.kd_term(student_logits.float(), teacher, labels)
 
     def compute(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None, idx: torch.Tensor | None
@@ -182,32 +185,32 @@ class DistillationTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
-def accuracy_metrics(eval_pred) -> dict[str, float]:
-    """Accuracy and macro-F1 of argmax predictions."""
-    logits, labels = eval_pred.predictions, eval_pred.label_ids
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    return classification_metrics(np.asarray(logits).argmax(-1), np.asarray(labels))
+def metrics_for(task: Task) -> Callable[[EvalPrediction], dict[str, float]]:
+    """The Trainer's ``compute_metrics`` for ``task``: its metrics of the raw predictions on validation."""
+
+    def compute(eval_pred: EvalPrediction) -> dict[str, float]:
+        predictions = eval_pred.predictions
+        if isinstance(predictions, tuple):
+            predictions = predictions[0]
+        return task.metrics(np.asarray(predictions), np.asarray(eval_pred.label_ids))
+
+    return compute
 
 
-def classification_metrics(pred: np.ndarray, gold: np.ndarray, num_labels: int | None = None) -> dict[str, float]:
-    num_labels = num_labels or int(max(pred.max(initial=0), gold.max(initial=0)) + 1)
-    f1s = []
-    for c in range(num_labels):
-        tp = np.sum((pred == c) & (gold == c))
-        fp, fn = np.sum((pred == c) & (gold != c)), np.sum((pred != c) & (gold == c))
-        if tp + fp + fn > 0:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {
-        "accuracy": float(np.mean(pred == gold)) if len(gold) else 0.0,
-        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
-    }
+accuracy_metrics = metrics_for(ClassificationTask())
+"""Classification's validation metrics (accuracy and macro-F1 of the argmax)."""
 
 
 def training_arguments(
-    cfg: TrainConfig, work_dir: Path, seed: int, num_train_rows: int, evaluate: bool = True
+    cfg: TrainConfig,
+    work_dir: Path,
+    seed: int,
+    num_train_rows: int,
+    evaluate: bool = True,
+    best_metric: str = "accuracy",
 ) -> TrainingArguments:
-    """TrainingArguments for one stage: evaluate and checkpoint each epoch (or every save_steps), keep the best.
+    """TrainingArguments for one stage: evaluate and checkpoint each epoch (or every save_steps), keep the best
+    by the task's ``best_metric`` on validation.
 
     With ``evaluate=False`` (stages without a trained classifier: general or intermediate-layer distillation)
     there is no validation pass and the last weights are kept.
@@ -233,7 +236,7 @@ def training_arguments(
         save_steps=cfg.save_steps or 500,
         save_total_limit=2,
         load_best_model_at_end=evaluate,
-        metric_for_best_model="accuracy" if evaluate else None,
+        metric_for_best_model=best_metric if evaluate else None,
         greater_is_better=True if evaluate else None,
         logging_strategy="steps",
         logging_steps=min(cfg.logging_steps, max(1, steps_per_epoch // 2)),  # short runs still get curves

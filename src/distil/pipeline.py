@@ -25,7 +25,7 @@ from distil.config import RunConfig, StageConfig, dump_yaml, load_config, to_dic
 from distil.data import PadCollator, TaskData, add_teacher_tokens, prepare_data, to_dataset
 from distil.data.corpus import read_corpus, tokenize_unlabelled
 from distil.data.held_out import held_out_texts, is_held_out
-from distil.distill import DistillationTrainer, accuracy_metrics, training_arguments
+from distil.distill import DistillationTrainer, metrics_for, training_arguments
 from distil.errors import DistilError
 from distil.io import atomic_dir, atomic_path, read_json, write_json, write_text
 from distil.models.loading import check_same_vocabulary, load_classifier, load_pretrained, load_tokenizer
@@ -34,6 +34,7 @@ from distil.models.packaged import resolve_model
 from distil.models.student import select_layers, student_from_config, student_from_teacher
 from distil.preflight import check_model_pair, check_same_run, check_writable
 from distil.soft_labels import hash_model, soft_labels_for
+from distil.tasks import Task, get_task
 
 MODEL_STAGES = ("teacher", "student", "baseline")
 
@@ -56,6 +57,11 @@ class Context:
     data_notes: dict[str, dict] = field(default_factory=dict)
     """What was done to training text beyond the split (general corpus, augmentation), for the report."""
     _held_out: frozenset[str] | None = None
+
+    @property
+    def task(self) -> Task:
+        """The task unit of this run (`task:` in the config)."""
+        return get_task(self.cfg.task)
 
     @property
     def out(self) -> Path:
@@ -198,7 +204,9 @@ def _fit(
     if not ctx.resume and work.exists():
         shutil.rmtree(work)
     train_dataset = train_dataset if train_dataset is not None else ctx.dataset("train", student)
-    args = training_arguments(train_cfg, work, ctx.cfg.seed, len(train_dataset), evaluate=evaluate)
+    args = training_arguments(
+        train_cfg, work, ctx.cfg.seed, len(train_dataset), evaluate=evaluate, best_metric=ctx.task.best_metric
+    )
     callbacks = list(ctx.callbacks) + ([DistillerCheckpointCallback(distiller)] if distiller is not None else [])
     trainer = DistillationTrainer(
         model=model,
@@ -206,7 +214,7 @@ def _fit(
         train_dataset=train_dataset,
         eval_dataset=ctx.dataset("validation", student),
         data_collator=ctx.collator(student=student),
-        compute_metrics=accuracy_metrics,
+        compute_metrics=metrics_for(ctx.task),
         distiller=distiller,
         group_by_length=train_cfg.group_by_length,
         callbacks=callbacks,

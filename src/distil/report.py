@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from distil.distill import classification_metrics
 from distil.errors import DistilError
 from distil.evaluate import latency_table, predict_logits, size_on_disk
 from distil.io import atomic_path, read_json, write_json, write_text
@@ -43,9 +42,9 @@ def run_eval(ctx) -> dict:
             logits = predict_logits(
                 model, dataset, ctx.collator(student=student), cfg.distill.eval_batch_size, desc=f"{stage} {name}"
             )
-            pred, gold, key = logits.argmax(-1), np.asarray(dataset["labels"]), name.replace("extra:", "")
-            correct[stage, key] = pred == gold
-            row[key] = classification_metrics(pred, gold, num_labels)
+            gold, key = np.asarray(dataset["labels"]), name.replace("extra:", "")
+            correct[stage, key] = ctx.task.correct(logits, gold)
+            row[key] = ctx.task.metrics(logits, gold, num_labels)
         history = previous_history(ctx, stage)
         row["validation"] = {
             k.replace("eval_", ""): v

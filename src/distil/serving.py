@@ -36,6 +36,7 @@ from distil.export import (
     read_student_config,
 )
 from distil.io import read_json
+from distil.tasks import ClassificationTask
 
 TORCH_VARIANTS = ("torch", "torch-bf16", "torch-int8")
 ONNX_VARIANTS = ("onnx", "onnx-int8")
@@ -88,16 +89,7 @@ class Predictor:
     def predict(self, texts: Texts, batch_size: int = 32, max_length: int = 128) -> list[dict]:
         """One dict per text: {"label": name of the top class, "score": its probability, "probs": {label: p}}."""
         logits = self.logits(texts, batch_size=batch_size, max_length=max_length)  # (N, C)
-        probs = _softmax(logits)  # (N, C)
-        top = probs.argmax(-1)  # (N,)
-        return [
-            {
-                "label": self.labels[k],
-                "score": float(p[k]),
-                "probs": {name: float(v) for name, v in zip(self.labels, p)},
-            }
-            for k, p in zip(top, probs)
-        ]
+        return ClassificationTask().postprocess(logits, self.labels)
 
     def _encode(self, items: list, max_length: int) -> dict[str, np.ndarray]:
         pairs = isinstance(items[0], tuple)
@@ -132,10 +124,6 @@ def _char_length(item: str | tuple[str, str]) -> int:
     return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)  # (N, C)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
 
 
 # ----------------------------------------------------------------------------------------------- loading

@@ -1,0 +1,67 @@
+"""The Task protocol: what one task declares, in the order every task file is written.
+
+1. data: read and split a source, tokenise it, pad batches;
+2. model: the ``AutoModelFor...`` class students and teachers load with;
+3. teacher signal: the arrays the teacher writes per row (name -> per-row shape), for the cache;
+4. KD term: an ``nn.Module`` over (student logits, teacher signal, labels) with its masking and reduction;
+5. metric: the numbers the report, the best-checkpoint choice and the paired test use;
+6. serving: how ``predict`` turns model output into an answer.
+
+The engine (stages, trainer, distiller, cache, report, deploy) asks the task for these and holds no head code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from torch import nn
+
+from distil.config import DataConfig, LossConfig
+
+
+class Task(Protocol):
+    """One task family. Implementations are plain classes registered in `distil.tasks.TASKS`."""
+
+    name: ClassVar[str]
+    """The `task:` value of a config."""
+
+    # 1. data
+    def prepare(self, cfg: DataConfig) -> Any:
+        """Read ``cfg.source``, split it, and return the task's data (splits, label names, extra test sets)."""
+        ...
+
+    def tokenize(self, frame: Any, tokenizer: Any, max_length: int) -> Any:
+        """A `datasets.Dataset` of one split with input_ids, attention_mask, labels, idx and length columns."""
+        ...
+
+    # 2. model
+    auto_model_class: ClassVar[type]
+    """The Transformers class a checkpoint of this task loads with."""
+
+    # 3. teacher signal
+    signal_shapes: ClassVar[dict[str, tuple[str, ...]]]
+    """Per-row arrays the teacher writes, by name, with symbolic per-row shapes (e.g. {"logits": ("C",)})."""
+
+    # 4. KD term
+    def kd_term(self, loss: LossConfig) -> nn.Module:
+        """The module ``(student_logits, teacher_logits, labels) -> (loss, parts)`` of this task."""
+        ...
+
+    # 5. metric
+    best_metric: ClassVar[str]
+    """The validation metric the best checkpoint is chosen by (greater is better)."""
+
+    def metrics(self, predictions: np.ndarray, gold: np.ndarray, num_labels: int | None = None) -> dict[str, float]:
+        """Every number the report shows for one evaluation set, from raw model outputs and gold labels."""
+        ...
+
+    def correct(self, predictions: np.ndarray, gold: np.ndarray) -> np.ndarray:
+        """Per unit of the paired test (an example, a sentence): whether the model got it right, (N,) bool."""
+        ...
+
+    # 6. serving
+    def postprocess(self, logits: np.ndarray, labels: Sequence[str]) -> list[dict]:
+        """One answer per input from raw outputs (for `distil predict` and `load_student(...).predict`)."""
+        ...

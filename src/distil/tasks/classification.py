@@ -1,0 +1,86 @@
+"""Sequence classification (single texts and text pairs): one label per example.
+
+Sections in the order of `distil.tasks.base.Task`: data -> model -> teacher signal -> KD term -> metric -> serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+from distil.config import DataConfig, LossConfig
+from distil.data.prepare import TaskData, prepare_data, to_dataset
+from distil.losses.logits import KDLoss
+
+
+class ClassificationTask:
+    """Today's task: texts (or text pairs) -> one of C labels."""
+
+    name: ClassVar[str] = "classification"
+
+    # 1. data ---------------------------------------------------------------------------------------------------
+    def prepare(self, cfg: DataConfig) -> TaskData:
+        """Splits with columns text, [text_pair], label (id); stratified when the source has no splits."""
+        return prepare_data(cfg)
+
+    def tokenize(self, frame, tokenizer, max_length: int):
+        """input_ids, attention_mask, [token_type_ids], labels, idx, length; unpadded (the collator pads)."""
+        return to_dataset(frame, tokenizer, max_length)
+
+    # 2. model --------------------------------------------------------------------------------------------------
+    auto_model_class: ClassVar[type] = AutoModelForSequenceClassification
+
+    # 3. teacher signal -----------------------------------------------------------------------------------------
+    signal_shapes: ClassVar[dict[str, tuple[str, ...]]] = {"logits": ("C",)}
+
+    # 4. KD term ------------------------------------------------------------------------------------------------
+    def kd_term(self, loss: LossConfig) -> nn.Module:
+        """alpha * CE(hard labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T), batch mean (docs/losses.md)."""
+        return KDLoss(loss.alpha, loss.kd_temperature, loss.soft_loss)
+
+    # 5. metric -------------------------------------------------------------------------------------------------
+    best_metric: ClassVar[str] = "accuracy"
+
+    def metrics(self, predictions: np.ndarray, gold: np.ndarray, num_labels: int | None = None) -> dict[str, float]:
+        """Accuracy and macro-F1 of the argmax of ``predictions`` (N, C) against ``gold`` (N,)."""
+        return classification_metrics(np.asarray(predictions).argmax(-1), np.asarray(gold), num_labels)
+
+    def correct(self, predictions: np.ndarray, gold: np.ndarray) -> np.ndarray:
+        """(N,) bool: the argmax is the gold label (the paired test's unit is one example)."""
+        return np.asarray(predictions).argmax(-1) == np.asarray(gold)
+
+    # 6. serving ------------------------------------------------------------------------------------------------
+    def postprocess(self, logits: np.ndarray, labels: Sequence[str]) -> list[dict]:
+        """{"label": top class, "score": its probability, "probs": {label: p}} per row of ``logits`` (N, C)."""
+        probs = softmax(np.asarray(logits))  # (N, C)
+        top = probs.argmax(-1)  # (N,)
+        return [
+            {"label": labels[k], "score": float(p[k]), "probs": {name: float(v) for name, v in zip(labels, p)}}
+            for k, p in zip(top, probs)
+        ]
+
+
+def classification_metrics(pred: np.ndarray, gold: np.ndarray, num_labels: int | None = None) -> dict[str, float]:
+    """Accuracy and macro-F1 (over the classes that occur in ``pred`` or ``gold``) of class ids (N,)."""
+    num_labels = num_labels or int(max(pred.max(initial=0), gold.max(initial=0)) + 1)
+    f1s = []
+    for c in range(num_labels):
+        tp = np.sum((pred == c) & (gold == c))
+        fp, fn = np.sum((pred == c) & (gold != c)), np.sum((pred != c) & (gold == c))
+        if tp + fp + fn > 0:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {
+        "accuracy": float(np.mean(pred == gold)) if len(gold) else 0.0,
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+    }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) scores, stable for large values."""
+    z = logits - logits.max(-1, keepdims=True)  # (N, C)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
