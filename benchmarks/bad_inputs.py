@@ -47,7 +47,7 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
     resumed = tmp / "resumed"
     (resumed / "work" / "teacher").mkdir(parents=True)
     subprocess.run(
-        [sys.executable, "-c", f"from distil.config import *; open('{resumed}/config.yaml','w').write(dump_yaml("
+        [sys.executable, "-c", f"from distil.config import dump_yaml, load_config; open('{resumed}/config.yaml','w').write(dump_yaml("
          f"load_config(None, {{'output_dir': '{resumed}'}})))"], check=True)  # fmt: skip
     return [
         ("data file with 5 rows", ["run", "--data.source", _csv(tmp / "five.csv", many[:5]), *run("five")], None),
@@ -86,7 +86,7 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
             tmp / "layers",
         ),
         (
-            "tinybert with a 5-head student",
+            "tinybert with a 6-head student",
             ["run", "tinybert", "--student.num_attention_heads", "6", "--student.hidden_size", "300", *run("heads")],
             tmp / "heads",
         ),  # fmt: skip

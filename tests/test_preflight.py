@@ -47,7 +47,7 @@ def test_cache_dir_under_proc_is_refused_before_the_teacher_trains(teacher_dir, 
     assert main(_run(teacher_dir, out, "/proc/distil-cache")) == 2
     err = _one_line_error(capsys)
     assert "config key 'cache_dir': '/proc/distil-cache' is not a writable directory" in err
-    assert not (out / "teacher").exists() and not (out / "work").exists()
+    assert not out.exists()
 
 
 def test_an_immutable_output_dir_is_refused(teacher_dir, tmp_path, capsys):
@@ -67,7 +67,7 @@ def test_a_layer_list_beyond_the_teachers_depth_is_refused_before_the_teacher_tr
     assert main(_run(teacher_dir, out, tmp_path / "cache", "--student.layers", "[0, 9]")) == 2
     err = _one_line_error(capsys)
     assert "teacher layer 9 is out of range; valid layers are 0..3" in err
-    assert not (out / "work").exists() and not (out / "teacher").exists()
+    assert not out.exists()
 
 
 def test_a_recipe_term_the_pair_cannot_run_is_refused_before_the_teacher_trains(teacher_dir, tmp_path, capsys):
@@ -86,7 +86,7 @@ def test_a_recipe_term_the_pair_cannot_run_is_refused_before_the_teacher_trains(
     err = _one_line_error(capsys)
     assert "stage 'general': loss.attention_weight cannot run on this teacher/student pair" in err
     assert "2 heads and the teacher 4" in err
-    assert not (out / "work").exists()
+    assert not out.exists()
 
 
 def test_a_failure_before_any_stage_leaves_no_run_behind(teacher_dir, tmp_path, capsys):
@@ -95,7 +95,7 @@ def test_a_failure_before_any_stage_leaves_no_run_behind(teacher_dir, tmp_path, 
     for _ in range(2):  # the identical command gives the same answer, not "holds an unfinished run"
         assert main(args) == 2
         assert "missing.csv' does not exist" in _one_line_error(capsys)
-    assert [p.name for p in out.iterdir()] == ["config.yaml"]
+    assert not out.exists()  # nothing left behind
 
 
 def _started_run(out: Path, cfg: RunConfig) -> None:
@@ -130,3 +130,13 @@ def test_keys_that_are_safe_to_change_on_resume():
     check_same_run(saved, wanted, Path("run"), resume=True)  # allowed
     with pytest.raises(DistilError, match="distill.learning_rate 0.0001 -> 0.0002"):
         check_same_run(saved, load_config(None, {"distill": {"learning_rate": 2e-4}}), Path("run"), resume=True)
+
+
+def test_a_run_folder_with_only_config_yaml_is_not_a_run(teacher_dir, tmp_path, capsys):
+    """A folder left by an older distil (config.yaml written before the first stage failed) runs again as is."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(dump_yaml(RunConfig()))
+    args = _run(teacher_dir, out, tmp_path / "cache", "--data.source", str(tmp_path / "missing.csv"))
+    assert main(args) == 2
+    assert "holds an unfinished run" not in _one_line_error(capsys)

@@ -105,6 +105,7 @@ def _run_config_command(args: argparse.Namespace) -> int:
     ctx.load_data()
     if args.command == "teacher" and not ctx.done("student"):
         pipeline.check_models(ctx)
+    pipeline.write_config(ctx)
     if args.command == "teacher":
         print(f"teacher saved to {pipeline.run_teacher(ctx)}")
     elif args.command == "soft-labels":

@@ -159,18 +159,18 @@ def check_output_dir(cfg: RunConfig, resume: bool, stage: str | None = None) -> 
 
 
 def open_run_dir(ctx: Context, stage: str | None = None) -> None:
-    """Every check that needs no data or model, then config.yaml: a finished run or stage is not overwritten by
-    accident, output_dir and cache_dir are writable, and a run folder that already started is continued only with
-    its own settings (`distil.preflight.check_same_run`). ``stage``: the stage command (None: `distil run`)."""
+    """Every check that needs no data or model: a finished run or stage is not overwritten by accident, cache_dir
+    and output_dir are writable, and a run folder that already started is continued only with its own settings
+    (`distil.preflight.check_same_run`). ``stage``: the stage command (None: `distil run`). Writes nothing: the
+    caller writes config.yaml once the data and the model pair passed their checks too."""
     cfg = ctx.cfg
     if stage in (None, "teacher", "student"):
         check_output_dir(cfg, ctx.resume, stage=stage)
-    check_writable(cfg.output_path, "output_dir")
     check_writable(cfg.cache_path, "cache_dir")
+    check_writable(cfg.output_path, "output_dir")
     saved = ctx.out / "config.yaml"
     if saved.is_file() and run_started(ctx.out) and (ctx.resume or stage not in (None, "teacher")):
         check_same_run(load_config(str(saved)), cfg, ctx.out, resume=ctx.resume)
-    write_config(ctx)
 
 
 def write_config(ctx: Context) -> None:
@@ -565,6 +565,7 @@ def run_all(ctx: Context) -> dict:
     ctx.load_data()
     if not ctx.done("student"):
         check_models(ctx)
+    write_config(ctx)
     start = time.perf_counter()
     if not ctx.done("teacher"):
         run_teacher(ctx)

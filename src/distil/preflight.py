@@ -6,6 +6,7 @@ seconds instead of after the teacher's fine-tuning.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,16 +26,20 @@ TEACHER_KEYS = ("seed", "data.", "teacher.")
 
 
 def check_writable(path: Path, key: str) -> None:
-    """Create ``path`` if needed and write (then delete) a file in it.
+    """Check that ``path`` can be created and written: create it, write (then delete) a file in it, and remove
+    the folders this check created, so a failed run leaves nothing behind.
 
     Raises:
         DistilError: the path cannot be created or written (a file on the way, no permission, a read-only or
             immutable directory, /proc, ...).
     """
+    created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
+        if created is not None:
+            shutil.rmtree(created)
     except OSError as error:
         why = error.strerror or type(error).__name__
         raise DistilError(
