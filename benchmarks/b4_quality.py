@@ -166,6 +166,7 @@ def render(results: dict) -> str:
         "| train s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
     def order(r: dict) -> tuple[int, int]:  # by student size, then recipe
         sizes, recipes = list(SIZES), RECIPES
         return (sizes.index(r["size"]) if r["size"] in sizes else 99, recipes.index(r["recipe"]))

@@ -46,9 +46,9 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
     (bare / "config.json").write_text(json.dumps({"model_type": "bert"}))
     resumed = tmp / "resumed"
     (resumed / "work" / "teacher").mkdir(parents=True)
-    subprocess.run(
-        [sys.executable, "-c", f"from distil.config import dump_yaml, load_config; open('{resumed}/config.yaml','w').write(dump_yaml("
-         f"load_config(None, {{'output_dir': '{resumed}'}})))"], check=True)  # fmt: skip
+    script = "import sys; from distil.config import dump_yaml, load_config; out = sys.argv[1]; "
+    script += "open(out + '/config.yaml', 'w').write(dump_yaml(load_config(None, {'output_dir': out})))"
+    subprocess.run([sys.executable, "-c", script, str(resumed)], check=True)
     return [
         ("data file with 5 rows", ["run", "--data.source", _csv(tmp / "five.csv", many[:5]), *run("five")], None),
         ("--data.validation_fraction 0", ["run", "--data.validation_fraction", "0", *run("nofrac")], None),
