@@ -124,8 +124,6 @@ def _char_length(item: str | tuple[str, str]) -> int:
     return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
 
 
-
-
 # ----------------------------------------------------------------------------------------------- loading
 
 
