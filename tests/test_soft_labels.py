@@ -1,10 +1,12 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from distil.data import PadCollator, to_dataset
-from distil.soft_labels import SoftLabelCache, soft_labels_for
+from distil.soft_labels import SoftLabelCache, SoftLabels, soft_labels_for
 
 
 @pytest.fixture
@@ -88,3 +90,41 @@ def test_unfinished_entry_is_not_visible(tmp_path):
         cache.get_or_build("k" * 32, 4, boom)
     assert not cache.entry("k" * 32).exists()
     assert list(cache.root.iterdir()) == []  # no temporary left behind either
+
+
+def test_meta_records_each_array_and_a_version_1_entry_is_rebuilt(tiny_bert, tokenizer, train_ds, tmp_path):
+    first = _soft(tiny_bert, tokenizer, train_ds, tmp_path)
+    meta = json.loads((first.path / "meta.json").read_text())
+    assert meta["version"] == 2 and meta["fingerprint"] == first.fingerprint and meta["num_rows"] == 40
+    assert meta["arrays"] == [
+        {
+            "name": "logits",
+            "kind": "fixed",
+            "dtype": "float32",
+            "shape": [40, 2],
+            "sha256": {"logits.npy": meta["arrays"][0]["sha256"]["logits.npy"]},
+        }
+    ]
+    assert first.signal == {"logits": "fixed"} and first.lookup(torch.arange(3)).shape == (3, 2)
+    meta["version"] = 1
+    (first.path / "meta.json").write_text(json.dumps(meta))
+    assert _soft(tiny_bert, tokenizer, train_ds, tmp_path).status == "rebuilt (stale)"
+
+
+def test_single_array_compute_and_bare_array_soft_labels(tmp_path):
+    """The b3 benchmark's use: a compute writing one (N, C) array at the path it is given, and SoftLabels built
+    from a bare array."""
+    cache = SoftLabelCache(tmp_path)
+
+    def compute(path):
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(6, 3))
+        out[:] = np.arange(18, dtype=np.float32).reshape(6, 3)
+        return out
+
+    built = cache.get_or_build("s" * 32, 6, compute)
+    assert built.status == "built" and built.signal == {"logits": "fixed"}
+    arrays, status = cache.check("s" * 32, 6)
+    assert status == "hit" and cache.check("s" * 32, 7) == (None, "stale")
+    in_memory = SoftLabels(np.load(built.path / "logits.npy"), "s" * 32, "in-memory", tmp_path)
+    for soft in (built, SoftLabels(arrays, "s" * 32, status, tmp_path), in_memory):
+        assert torch.equal(soft.lookup(torch.tensor([4, 1])), torch.tensor([[12.0, 13.0, 14.0], [3.0, 4.0, 5.0]]))

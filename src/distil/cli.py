@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     from distil.export_cli import add_export_parser
 
     add_export_parser(sub)
-    p = sub.add_parser("predict", help="classify texts with a saved model (arguments, a file, or stdin)")
+    p = sub.add_parser(
+        "predict", help="classify texts (or tag their entities) with a saved model (arguments, a file, or stdin)"
+    )
     p.add_argument("model", help="a saved model directory (student/, teacher/, an export)")
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--file", help="a text file with one example per line")
@@ -136,6 +138,10 @@ def _predict(args: argparse.Namespace) -> int:
     for text, result in zip(texts, predict_texts(args.model, texts, args.batch_size, args.max_length)):
         if args.json:
             print(json.dumps({"text": text, **result}))
+        elif "entities" in result:  # a token classifier: the text, then one line per entity
+            print(text)
+            for e in result["entities"]:
+                print(f"  {e['type']}\t{e['start']}-{e['end']}\t{e['score']:.4f}\t{e['text']}")
         else:
             print(f"{result['label']}\t{result['score']:.4f}\t{text}")
     return 0

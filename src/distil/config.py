@@ -52,6 +52,9 @@ class DataConfig:
     """Label names in id order; None takes the sorted distinct labels of the training split."""
     encoding: str = "utf-8"
     """Text encoding of CSV/TSV/JSON files (e.g. latin-1, cp1252); a UTF-8 byte-order mark is skipped."""
+    label_all_tokens: bool = False
+    """Token classification: every word piece of a word carries its tag (B- becomes I- after the first piece), as
+    HF run_ner's option; default: the first piece only, the rest are ignored (-100)."""
     validation_fraction: float = 0.1
     """Share held out for validation when the source has no validation split (ignored when it has one)."""
     test_fraction: float = 0.1
@@ -415,8 +418,9 @@ class EvalConfig:
 class RunConfig:
     """A whole job: teacher -> soft labels -> student (distilled, and a baseline without teacher) -> report."""
 
-    task: Literal["classification"] = "classification"
-    """The task family (distil.tasks.TASKS): classification (single texts or text pairs)."""
+    task: Literal["classification", "token-classification"] = "classification"
+    """The task family (distil.tasks.TASKS): classification (single texts or text pairs), token-classification
+    (named entities: one BIO tag per word)."""
     output_dir: str = "runs/default"
     """Where the run writes teacher/, soft labels, student/, baseline/, report.*."""
     seed: int = 0

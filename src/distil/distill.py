@@ -67,7 +67,10 @@ class Distiller(nn.Module):
         if soft_labels is None and teacher is None:
             raise ValueError("Distiller needs soft_labels or a teacher")
         self.loss_cfg = loss
-        self.kd_term = (task or ClassificationTask()).kd_term(loss)
+        task = task or ClassificationTask()
+        self.kd_term = task.kd_term(loss)
+        self.per_token = task.per_token
+        self.normalises_by_items = task.per_token
         self.soft_labels = soft_labels
         self.teacher = teacher
         if teacher is not None:
@@ -77,7 +80,9 @@ class Distiller(nn.Module):
         if self.soft_labels is not None:
             if idx is None:
                 raise ValueError("cached soft labels need the batch's row indices ('idx')")
-            return self.soft_labels.lookup(idx)
+            if self.per_token:  # cropped (or zero-padded) to the batch's padded length
+                return self.soft_labels.lookup(idx, length=inputs["input_ids"].shape[1])  # (B, L, C)
+            return self.soft_labels.lookup(idx)  # (B, C)
         with torch.inference_mode():
             return logits_of(self.teacher(**inputs)).float()
 
@@ -87,12 +92,20 @@ class Distiller(nn.Module):
         labels: torch.Tensor | None,
         inputs: dict[str, torch.Tensor],
         idx: torch.Tensor | None,
+        num_items: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        teacher = self.teacher_logits(inputs, idx).to(student_logits.device)  # (B, C)
+        teacher = self.teacher_logits(inputs, idx).to(student_logits.device)  # (B, C) or (B, L, C)
+        if self.per_token:  # normalised by the labelled tokens of the whole accumulated batch
+            return self.kd_term(student_logits.float(), teacher, labels, num_items=num_items)
         return self.kd_term(student_logits.float(), teacher, labels)
 
     def compute(
-        self, model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None, idx: torch.Tensor | None
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        labels: torch.Tensor | None,
+        idx: torch.Tensor | None,
+        num_items: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Run the student on ``inputs`` and return (loss, parts, student logits).
 
@@ -100,8 +113,8 @@ class Distiller(nn.Module):
         (distil.feature_distill) wraps the student's forward here.
         """
         student_inputs, teacher_inputs = split_inputs(inputs)
-        logits = logits_of(model(**student_inputs))  # (B, C)
-        loss, parts = self(logits, labels, teacher_inputs, idx)
+        logits = logits_of(model(**student_inputs))  # (B, C) or (B, L, C)
+        loss, parts = self(logits, labels, teacher_inputs, idx, num_items)
         return loss, parts, logits
 
 
@@ -125,14 +138,25 @@ class EpochLengthGroupedSampler(Sampler):
 class DistillationTrainer(Trainer):
     """Trainer whose loss comes from a Distiller (or plain CE without one); logs each loss part."""
 
-    def __init__(self, *args, distiller: Distiller | None = None, group_by_length: bool = True, **kwargs):
+    def __init__(
+        self,
+        *args,
+        distiller: Distiller | None = None,
+        group_by_length: bool = True,
+        per_token: bool = False,
+        **kwargs,
+    ):
         kwargs.setdefault("compute_metrics", accuracy_metrics)  # best-on-validation is chosen by accuracy
         super().__init__(*args, **kwargs)
         if distiller is not None:  # the teacher and the trainable loss modules (projections) follow the student
             distiller.to(self.args.device)
         self.distiller = distiller
         self.group_by_length = group_by_length
-        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let Trainer scale it for accumulation
+        # A per-example loss is a per-batch mean: the Trainer divides it by the accumulation steps. A per-token loss
+        # is normalised by the labelled tokens of the whole accumulated batch (num_items_in_batch), which the
+        # Trainer counts only when the model "accepts loss kwargs", and then does not divide again.
+        self.per_token = per_token
+        self.model_accepts_loss_kwargs = per_token
         self._parts: dict[str, list[float]] = defaultdict(list)
 
     def create_optimizer(self, *args, **kwargs):
@@ -158,10 +182,17 @@ class DistillationTrainer(Trainer):
             # Accelerate autocasts only the student's forward; the live teacher (and feature recomputation)
             # should run in the same precision, so the whole distiller step goes under the same autocast.
             with self.accelerator.autocast():
-                loss, parts, logits = self.distiller.compute(model, inputs, labels, idx)
+                loss, parts, logits = self.distiller.compute(model, inputs, labels, idx, **_items(num_items_in_batch))
+            if self.per_token and not self.distiller.normalises_by_items:
+                loss = loss / self.current_gradient_accumulation_steps  # the Trainer does not, for per-token runs
         else:
-            logits = logits_of(model(**split_inputs(inputs)[0]))  # (B, C)
-            loss = F.cross_entropy(logits.float(), labels)
+            logits = logits_of(model(**split_inputs(inputs)[0]))  # (B, C) or per token (B, L, C)
+            flat_logits, flat_labels = logits.float().flatten(0, -2), labels.flatten()  # (B*L, C), (B*L,) per token
+            if self.per_token and num_items_in_batch is not None and model.training:
+                loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum")
+                loss = loss / max(int(num_items_in_batch), 1)  # the accumulated batch's per-token mean
+            else:
+                loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
             parts = {"ce": loss}
         if not torch.isfinite(loss):
             raise DistilError(
@@ -185,14 +216,19 @@ class DistillationTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
-def metrics_for(task: Task) -> Callable[[EvalPrediction], dict[str, float]]:
+def _items(num_items_in_batch) -> dict:
+    """``num_items`` for a distiller's compute when the trainer counted the labelled tokens."""
+    return {} if num_items_in_batch is None else {"num_items": int(num_items_in_batch)}
+
+
+def metrics_for(task: Task, label_names=None) -> Callable[[EvalPrediction], dict[str, float]]:
     """The Trainer's ``compute_metrics`` for ``task``: its metrics of the raw predictions on validation."""
 
     def compute(eval_pred: EvalPrediction) -> dict[str, float]:
         predictions = eval_pred.predictions
         if isinstance(predictions, tuple):
             predictions = predictions[0]
-        return task.metrics(np.asarray(predictions), np.asarray(eval_pred.label_ids))
+        return task.metrics(np.asarray(predictions), np.asarray(eval_pred.label_ids), label_names)
 
     return compute
 

@@ -15,19 +15,25 @@ from distil.distill import classification_metrics, logits_of, split_inputs
 
 @torch.inference_mode()
 def predict_logits(model, dataset, collator, batch_size: int = 64, desc: str = "predict") -> np.ndarray:
-    """Logits (N, C) of ``model`` on a tokenised dataset, in row order (batched longest-first)."""
+    """Logits of ``model`` on a tokenised dataset, in row order (batched longest-first): (N, C), or (N, Lmax, C)
+    zero-padded for per-token logits (Lmax: the dataset's longest row), as the Trainer's evaluation gives them."""
     model.eval()
-    order = np.argsort(-np.asarray(dataset["length"]), kind="stable")
+    lengths = np.asarray(dataset["length"])
+    order = np.argsort(-lengths, kind="stable")
     out = None
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
         rows = order[start : start + batch_size]
         batch = collator([dataset[int(i)] for i in rows])
         idx = batch.pop("idx")
         batch.pop("labels", None)
-        logits = logits_of(model(**split_inputs(batch)[0])).float().numpy()  # (B, C); the student's own tokens
+        logits = logits_of(model(**split_inputs(batch)[0])).float().numpy()  # (B, C) or (B, L, C); own tokens
         if out is None:
-            out = np.zeros((len(dataset), logits.shape[-1]), dtype=np.float32)
-        out[idx.numpy()] = logits
+            per_row = (int(lengths.max()), logits.shape[-1]) if logits.ndim == 3 else (logits.shape[-1],)
+            out = np.zeros((len(dataset), *per_row), dtype=np.float32)
+        if logits.ndim == 3:
+            out[idx.numpy(), : logits.shape[1]] = logits
+        else:
+            out[idx.numpy()] = logits
     return out
 
 

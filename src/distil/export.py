@@ -31,6 +31,7 @@ from distil.errors import DistilError
 from distil.io import atomic_dir, read_json, write_json
 from distil.model_card import render_model_card, write_model_card  # noqa: F401  (re-exported)
 from distil.models.loading import load_pretrained
+from distil.tasks import task_for_model
 
 MODEL_ONNX = "model.onnx"
 EXPORT_META = "distil_export.json"
@@ -80,7 +81,7 @@ def load_hf_student(model_dir: str | os.PathLike) -> tuple[nn.Module, Any]:
         DistilError: the directory is missing, lacks config.json or safetensors weights, is an LSTM student, or
             its tokenizer cannot be loaded.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
     config = read_student_config(model_dir)
@@ -92,7 +93,8 @@ def load_hf_student(model_dir: str | os.PathLike) -> tuple[nn.Module, Any]:
             f"model_dir '{model_dir}': no loadable tokenizer ({type(e).__name__}); save the tokenizer beside the "
             "model with tokenizer.save_pretrained(model_dir)"
         ) from e
-    model = load_pretrained(AutoModelForSequenceClassification, str(model_dir), dtype=torch.float32)
+    auto_class = task_for_model(config).auto_model_class  # a sequence classifier or a tagger
+    model = load_pretrained(auto_class, str(model_dir), dtype=torch.float32)
     return model, tokenizer
 
 
@@ -149,7 +151,9 @@ def _torch_onnx_export(model: nn.Module, names: list[str], example: dict, path: 
     wrapper = _LogitsOnly(model, names).eval()
     # The exporter restores each module's train/eval flag afterwards from the wrapper's, so both must be eval
     # or dropout stays switched on in the PyTorch model that the export is then compared against.
-    dynamic_axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    per_token = task_for_model(model.config.to_dict()).per_token  # a tagger's logits have a sequence axis too
+    dynamic_axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    dynamic_axes["logits"] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     with warnings.catch_warnings():
         # Legacy (TorchScript) exporter on purpose: onnxruntime's quantize_dynamic accepts its graphs (STACK.md).
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")

@@ -62,6 +62,7 @@ from distil.models.features import (
     model_num_heads,
     model_num_layers,
 )
+from distil.tasks import Task
 
 DISTILLER_STATE_FILE = "distiller.safetensors"
 
@@ -143,8 +144,16 @@ class FeatureDistiller(nn.Module):
 
     # ---- the loss of one batch
 
+    normalises_by_items = False
+    """Its terms are per-batch means (the trainer scales them for accumulation), even for per-token logits."""
+
     def compute(
-        self, model: nn.Module, inputs: dict[str, Tensor], labels: Tensor | None, idx: Tensor | None
+        self,
+        model: nn.Module,
+        inputs: dict[str, Tensor],
+        labels: Tensor | None,
+        idx: Tensor | None,
+        num_items: int | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """Run teacher and student on ``inputs``; return (weighted total, unweighted parts, student logits).
 
@@ -156,6 +165,7 @@ class FeatureDistiller(nn.Module):
                 (teacher and student tokenise differently; token-level terms then need equal lengths per row).
             labels: (B,) class labels, or None (then alpha must be 0).
             idx: (B,) training row indices, needed when soft labels are cached.
+            num_items: unused (see ``normalises_by_items``).
 
         Returns:
             ``(total, parts, logits)``: scalar total, {part: unweighted scalar tensor} holding only the
@@ -215,7 +225,12 @@ class FeatureDistiller(nn.Module):
         if self.soft_labels is not None and self.loss_cfg.logits_weight > 0:
             if idx is None:
                 raise DistilError("cached soft labels need the batch's row indices ('idx'); keep the idx column")
-            cached = self.soft_labels.lookup(idx)  # (B, C)
+            per_token = getattr(self.soft_labels, "signal", {}).get("logits") == "per_token"
+            cached = (
+                self.soft_labels.lookup(idx, length=inputs["input_ids"].shape[1])
+                if per_token
+                else self.soft_labels.lookup(idx)
+            )  # (B, L, C) cropped to the batch, or (B, C)
         needs_logits = self.loss_cfg.logits_weight > 0 and cached is None
         if self.teacher_spec.is_empty and not needs_logits:
             return cached, None
@@ -235,8 +250,13 @@ class FeatureDistiller(nn.Module):
         mlm_labels: Tensor | None,
     ) -> dict[str, Tensor]:
         token_mask = None
-        if logits.dim() == 3:  # token-level logits: DistilBERT's KL runs on the masked positions only
-            token_mask = mlm_labels != IGNORE_INDEX if mlm_labels is not None else mask
+        if logits.dim() == 3:  # token-level logits: MLM's masked positions, a tagger's labelled tokens
+            if mlm_labels is not None:
+                token_mask = mlm_labels != IGNORE_INDEX
+            elif labels is not None and labels.dim() == 2:
+                token_mask = labels != IGNORE_INDEX
+            else:
+                token_mask = mask
         _, parts = kd_objective(
             logits.float(),
             teacher_logits.to(logits.device),
@@ -355,7 +375,12 @@ def bf16_linear_copy(model: nn.Module) -> nn.Module:
 
 
 def make_distiller(
-    loss_cfg: LossConfig, teacher: nn.Module, student: nn.Module, soft_labels=None, bf16_teacher: bool = False
+    loss_cfg: LossConfig,
+    teacher: nn.Module,
+    student: nn.Module,
+    soft_labels=None,
+    bf16_teacher: bool = False,
+    task: Task | None = None,
 ) -> nn.Module:
     """The distiller a run needs: logits only -> :class:`~distil.distill.Distiller`, else :class:`FeatureDistiller`.
 
@@ -364,11 +389,11 @@ def make_distiller(
     `bf16_linear_copy`; the given teacher is left as it is.
     """
     if not loss_cfg.uses_features and soft_labels is not None:
-        return Distiller(loss_cfg, soft_labels=soft_labels)
+        return Distiller(loss_cfg, soft_labels=soft_labels, task=task)
     if bf16_teacher:
         teacher = bf16_linear_copy(teacher)
     if not loss_cfg.uses_features:
-        return Distiller(loss_cfg, teacher=teacher)
+        return Distiller(loss_cfg, teacher=teacher, task=task)
     return FeatureDistiller(loss_cfg, teacher, student, soft_labels=soft_labels)
 
 

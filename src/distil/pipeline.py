@@ -22,7 +22,7 @@ import torch
 from transformers import set_seed
 
 from distil.config import RunConfig, StageConfig, dump_yaml, load_config, to_dict
-from distil.data import PadCollator, TaskData, add_teacher_tokens, prepare_data, to_dataset
+from distil.data import PadCollator, TaskData, add_teacher_tokens, to_dataset
 from distil.data.corpus import read_corpus, tokenize_unlabelled
 from distil.data.held_out import held_out_texts, is_held_out
 from distil.distill import DistillationTrainer, metrics_for, training_arguments
@@ -34,7 +34,7 @@ from distil.models.packaged import resolve_model
 from distil.models.student import select_layers, student_from_config, student_from_teacher
 from distil.preflight import check_model_pair, check_same_run, check_writable
 from distil.soft_labels import hash_model, soft_labels_for
-from distil.tasks import Task, get_task
+from distil.tasks import Task, task_of
 
 MODEL_STAGES = ("teacher", "student", "baseline")
 
@@ -58,10 +58,14 @@ class Context:
     """What was done to training text beyond the split (general corpus, augmentation), for the report."""
     _held_out: frozenset[str] | None = None
 
+    _task: Task | None = None
+
     @property
     def task(self) -> Task:
         """The task unit of this run (`task:` in the config)."""
-        return get_task(self.cfg.task)
+        if self._task is None or self._task.name != self.cfg.task:
+            self._task = task_of(self.cfg)
+        return self._task
 
     @property
     def out(self) -> Path:
@@ -87,7 +91,7 @@ class Context:
             return self.datasets[name]
         if name not in self.student_datasets:
             max_len = self.cfg.general_data.max_length if name == "general" else self.cfg.data.max_length
-            own = to_dataset(self.frames[name], self.student_tokenizer, max_len)
+            own = self.task.tokenize(self.frames[name], self.student_tokenizer, max_len, name)
             self.student_datasets[name] = add_teacher_tokens(
                 own, self.datasets[name], self.student_tokenizer, self.tokenizer
             )
@@ -118,11 +122,11 @@ class Context:
             if not check_same_vocabulary(self.tokenizer, own, allow_different=s.allow_different_vocab):
                 self.student_tokenizer = own
                 print(f"student tokenizer ({s.pretrained}) differs from the teacher's: each reads its own tokens")
-        self.data = prepare_data(self.cfg.data)
+        self.data = self.task.prepare(self.cfg.data)
         max_len = self.cfg.data.max_length
         for name, frame in {**self.data.splits, **{f"extra:{k}": v for k, v in self.data.extra_tests.items()}}.items():
             self.frames[name] = frame
-            self.datasets[name] = to_dataset(frame, self.tokenizer, max_len)
+            self.datasets[name] = self.task.tokenize(frame, self.tokenizer, max_len, name)
         skipped = {k: v for k, v in self.data.skipped_empty.items() if v}
         sizes = ", ".join(f"{k} {len(v)}" for k, v in self.data.splits.items())
         print(
@@ -214,9 +218,10 @@ def _fit(
         train_dataset=train_dataset,
         eval_dataset=ctx.dataset("validation", student),
         data_collator=ctx.collator(student=student),
-        compute_metrics=metrics_for(ctx.task),
+        compute_metrics=metrics_for(ctx.task, ctx.data.label_names),
         distiller=distiller,
         group_by_length=train_cfg.group_by_length,
+        per_token=ctx.task.per_token,
         callbacks=callbacks,
     )
     checkpoints = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if work.exists() else []
@@ -254,6 +259,7 @@ def run_teacher(ctx: Context) -> Path:
     set_seed(cfg.seed)
     teacher = load_classifier(
         resolve_model(cfg.teacher.model),
+        auto_class=ctx.task.auto_model_class,
         num_labels=len(data.label_names),
         id2label=data.id2label,
         label2id=data.label2id,
@@ -270,7 +276,7 @@ def load_stage_model(ctx: Context, stage: str):
         raise DistilError(
             f"stage '{stage}' has not run in output_dir '{ctx.out}'; run `distil {stage}` (or `distil run`) first"
         )
-    return load_classifier(str(ctx.stage_dir(stage))).eval()
+    return load_classifier(str(ctx.stage_dir(stage)), auto_class=ctx.task.auto_model_class).eval()
 
 
 def run_soft_labels(ctx: Context, teacher=None, dataset_name: str = "train", kd_temperature: float | None = None):
@@ -286,7 +292,9 @@ def run_soft_labels(ctx: Context, teacher=None, dataset_name: str = "train", kd_
     if cfg.teacher.additional:
         from distil.teachers import multi_teacher_soft_labels
 
-        others = [load_classifier(resolve_model(p)).eval() for p in cfg.teacher.additional]
+        others = [
+            load_classifier(resolve_model(p), auto_class=ctx.task.auto_model_class) for p in cfg.teacher.additional
+        ]
         soft = multi_teacher_soft_labels(
             [teacher, *others],
             cfg.teacher.weights,
@@ -299,7 +307,16 @@ def run_soft_labels(ctx: Context, teacher=None, dataset_name: str = "train", kd_
             **common,
         )
     else:
-        soft = soft_labels_for(teacher, ctx.tokenizer, dataset, ctx.collator(), cfg.cache_path, **common)
+        soft = soft_labels_for(
+            teacher,
+            ctx.tokenizer,
+            dataset,
+            ctx.collator(),
+            cfg.cache_path,
+            per_token=ctx.task.per_token,
+            task=ctx.task.name,
+            **common,
+        )
     seconds = time.perf_counter() - start
     ctx.timings[f"soft_labels:{dataset_name}"] = seconds
     write_json(
@@ -334,11 +351,16 @@ def build_student(ctx: Context, teacher) -> torch.nn.Module:
             num_attention_heads=s.num_attention_heads or teacher.config.num_attention_heads,
             intermediate_size=s.intermediate_size or 4 * (s.hidden_size or teacher.config.hidden_size),
             num_labels=len(data.label_names),
+            model_class=ctx.task.auto_model_class,
         )
     elif s.init == "pretrained":
         path = resolve_model(s.pretrained)
         student = load_classifier(
-            path, num_labels=len(data.label_names), id2label=data.id2label, label2id=data.label2id
+            path,
+            num_labels=len(data.label_names),
+            id2label=data.id2label,
+            label2id=data.label2id,
+            auto_class=ctx.task.auto_model_class,
         )
     else:
         student = LSTMClassifier(
@@ -351,6 +373,7 @@ def build_student(ctx: Context, teacher) -> torch.nn.Module:
                 pad_token_id=ctx.tokenizer.pad_token_id or 0,
                 id2label=data.id2label,
                 label2id=data.label2id,
+                per_token=ctx.task.per_token,
             )
         )
     return student.train()
@@ -454,6 +477,7 @@ def _general_teacher(ctx: Context):
     """General distillation learns from the pretrained encoder, before any task fine-tuning (TinyBERT, MiniLM)."""
     return load_classifier(
         resolve_model(ctx.cfg.teacher.model),
+        auto_class=ctx.task.auto_model_class,
         num_labels=len(ctx.data.label_names),
         id2label=ctx.data.id2label,
         label2id=ctx.data.label2id,
@@ -481,7 +505,9 @@ def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:
         soft = None
         if stage.data == "task" and stage.loss.logits_weight > 0 and not live_teacher:
             soft = run_soft_labels(ctx, teacher, dataset, kd_temperature=stage.loss.kd_temperature)
-        distiller = make_distiller(stage.loss, stage_teacher, student, soft, bf16_teacher=stage.train.bf16)
+        distiller = make_distiller(
+            stage.loss, stage_teacher, student, soft, bf16_teacher=stage.train.bf16, task=ctx.task
+        )
         rows = _aligned_rows(ctx, ctx.student_dataset(dataset), distiller)
         print(f"stage {stage.name}: {type(distiller).__name__} on {dataset} ({len(rows)} rows)")
         evaluate = stage.data == "task" and stage.loss.logits_weight > 0

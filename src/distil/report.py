@@ -26,7 +26,6 @@ def run_eval(ctx) -> dict:
     if "teacher" not in stages:
         raise DistilError(f"output_dir '{ctx.out}' has no trained teacher to evaluate; run `distil run` first")
     models = {s: load_stage_model(ctx, s) for s in stages}
-    num_labels = len(ctx.data.label_names)
     rows: dict[str, dict] = {}
     eval_sets = ["test"] + [k for k in ctx.datasets if k.startswith("extra:")]
     correct: dict[tuple[str, str], np.ndarray] = {}  # (stage, eval set) -> (N,) bool, for the paired test
@@ -42,14 +41,14 @@ def run_eval(ctx) -> dict:
             logits = predict_logits(
                 model, dataset, ctx.collator(student=student), cfg.distill.eval_batch_size, desc=f"{stage} {name}"
             )
-            gold, key = np.asarray(dataset["labels"]), name.replace("extra:", "")
+            gold, key = ctx.task.gold(dataset), name.replace("extra:", "")
             correct[stage, key] = ctx.task.correct(logits, gold)
-            row[key] = ctx.task.metrics(logits, gold, num_labels)
+            row[key] = ctx.task.metrics(logits, gold, ctx.data.label_names)
         history = previous_history(ctx, stage)
         row["validation"] = {
             k.replace("eval_", ""): v
             for k, v in history.get("best_validation", {}).items()
-            if k in ("eval_accuracy", "eval_macro_f1")
+            if k in {f"eval_{m}" for m, _ in ctx.task.report_metrics}
         }
         row["train_seconds"] = history.get("train_seconds")
         rows[stage] = row
@@ -57,15 +56,21 @@ def run_eval(ctx) -> dict:
     latency = latency_table(
         models, cfg.eval.latency_batch_sizes, cfg.eval.latency_seq_length, cfg.eval.latency_repeats
     )
+    headline = ctx.task.best_metric
     for stage in rows:
         rows[stage]["latency_ms"] = {str(b): round(v, 3) for b, v in latency[stage].items()}
         rows[stage]["speedup"] = {str(b): round(latency["teacher"][b] / latency[stage][b], 3) for b in latency[stage]}
-        rows[stage]["accuracy_retention"] = round(
-            rows[stage]["test"]["accuracy"] / rows["teacher"]["test"]["accuracy"], 4
-        )
+        teacher_score = rows["teacher"]["test"][headline]
+        rows[stage]["retention"] = round(rows[stage]["test"][headline] / teacher_score, 4) if teacher_score else 0.0
     ctx.timings["latency"] = time.perf_counter() - start
     soft = ctx.out / "soft_labels.json"
     report = {
+        "task": {
+            "name": ctx.task.name,
+            "metric": headline,
+            "columns": [list(c) for c in ctx.task.report_metrics],
+            "paired_unit": ctx.task.paired_unit,
+        },
         "data": {
             "source": cfg.data.source,
             "splits": {k: len(v) for k, v in ctx.data.splits.items()},
@@ -155,28 +160,43 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
     return {"a_only": a_only, "b_only": b_only, "p_value": min(1.0, 2 * tail)}
 
 
+def _task_info(report: dict) -> dict:
+    """The report's task section; reports written before tasks existed are classification reports."""
+    return report.get("task") or {
+        "name": "classification",
+        "metric": "accuracy",
+        "columns": [["accuracy", "test acc"], ["macro_f1", "macro-F1"]],
+        "paired_unit": "examples",
+    }
+
+
 def verdicts(report: dict, level: float = 0.05) -> list[str]:
     """Plain-language comparison of the distilled student with the baseline, against the test-set noise.
 
-    Paired (``report["paired"]``, the exact McNemar test on the examples where only one of the two is right):
-    "better"/"worse" when p < ``level``. Reports written before the paired test fall back to the unpaired rule
-    (a difference above twice the standard error of a difference of two accuracies).
+    Paired (``report["paired"]``, the exact McNemar test on the units (examples, sentences) where only one of the
+    two is right): "better"/"worse" when p < ``level``. Reports written before the paired test fall back to the
+    unpaired rule (a difference above twice the standard error of a difference of two accuracies).
     """
     models = report["models"]
     if "student" not in models or "baseline" not in models:
         return []
+    info = _task_info(report)
+    metric, unit = info["metric"], info["paired_unit"]
     sizes = {"test": report["data"]["splits"]["test"], **report["data"]["extra_test_sets"]}
     lines = []
     for name, n in sizes.items():
-        s, b = models["student"][name]["accuracy"], models["baseline"][name]["accuracy"]
+        s, b = models["student"][name][metric], models["baseline"][name][metric]
         diff = s - b
-        head = f"{name}: distilled student {100 * diff:+.2f} points vs the same student without teacher (n={n}"
+        head = (
+            f"{name}: distilled student {100 * diff:+.2f} points of {metric} vs the same student without teacher "
+            f"(n={n}"
+        )
         paired = report.get("paired", {}).get(name)
         if paired is not None:
             p = paired["p_value"]
-            word = "within noise" if p >= level else ("better" if diff > 0 else "worse")
+            word = "within noise" if p >= level else ("better" if paired["a_only"] > paired["b_only"] else "worse")
             lines.append(
-                f"{head}; right where the other is wrong: {paired['a_only']} vs {paired['b_only']}, "
+                f"{head}; {unit} right where the other is wrong: {paired['a_only']} vs {paired['b_only']}, "
                 f"McNemar p={p:.3g}): {word}"
             )
             continue
@@ -195,20 +215,22 @@ def _threads() -> int:
 def table_rows(report: dict) -> list[list[str]]:
     batch_sizes = list(next(iter(report["models"].values()))["latency_ms"])
     extra = list(report["data"]["extra_test_sets"])
-    head = ["model", "test acc", "macro-F1", "of teacher", "params", "size MB"]
-    head += [f"b{b} ms" for b in batch_sizes] + [f"speedup b{b}" for b in batch_sizes] + [f"{e} acc" for e in extra]
+    info = _task_info(report)
+    metric, title = info["metric"], info["columns"][0][1]
+    head = ["model", *(t for _, t in info["columns"]), "of teacher", "params", "size MB"]
+    head += [f"b{b} ms" for b in batch_sizes] + [f"speedup b{b}" for b in batch_sizes]
+    head += [f"{e} {title}" for e in extra]
     rows = [head]
     for r in report["models"].values():
         row = [
             r["role"],
-            f"{100 * r['test']['accuracy']:.2f}",
-            f"{100 * r['test']['macro_f1']:.2f}",
-            f"{100 * r['accuracy_retention']:.1f}%",
+            *(f"{100 * r['test'][k]:.2f}" for k, _ in info["columns"]),
+            f"{100 * r.get('retention', r.get('accuracy_retention', 0)):.1f}%",
             f"{r['parameters'] / 1e6:.2f}M",
             f"{r['size_bytes'] / 1e6:.1f}",
         ]
         row += [f"{r['latency_ms'][b]:.1f}" for b in batch_sizes] + [f"{r['speedup'][b]:.2f}x" for b in batch_sizes]
-        row += [f"{100 * r[e]['accuracy']:.2f}" for e in extra]
+        row += [f"{100 * r[e][metric]:.2f}" for e in extra]
         rows.append(row)
     return rows
 
@@ -265,15 +287,15 @@ def render_markdown(report: dict) -> str:
     return "\n".join(md) + "\n"
 
 
-def _curves(history: dict) -> tuple[list, list, list, list]:
+def _curves(history: dict, metric: str = "accuracy") -> tuple[list, list, list, list]:
     steps, losses, eval_steps, eval_acc = [], [], [], []
     for entry in history.get("log_history", []):
         if "loss" in entry:
             steps.append(entry["step"])
             losses.append(entry["loss"])
-        if "eval_accuracy" in entry:
+        if f"eval_{metric}" in entry:
             eval_steps.append(entry["step"])
-            eval_acc.append(entry["eval_accuracy"])
+            eval_acc.append(entry[f"eval_{metric}"])
     return steps, losses, eval_steps, eval_acc
 
 
@@ -286,28 +308,29 @@ def plot_report(ctx, report: dict) -> None:
 
     from distil.pipeline import previous_history
 
+    metric = _task_info(report)["metric"]
     plots = Path(ctx.out) / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for stage in report["models"]:
-        steps, losses, eval_steps, eval_acc = _curves(previous_history(ctx, stage))
+        steps, losses, eval_steps, eval_acc = _curves(previous_history(ctx, stage), metric)
         if steps:
             ax_loss.plot(steps, losses, label=stage)
         if eval_steps:
             ax_acc.plot(eval_steps, eval_acc, marker="o", label=stage)
     ax_loss.set(title="training loss", xlabel="step")
-    ax_acc.set(title="validation accuracy", xlabel="step")
+    ax_acc.set(title=f"validation {metric}", xlabel="step")
     for ax in (ax_loss, ax_acc):
         ax.legend()
         ax.grid(alpha=0.3)
     _save(fig, plots / "training_curves.png")
 
     names = list(report["models"])
-    acc = [100 * report["models"][n]["test"]["accuracy"] for n in names]
+    acc = [100 * report["models"][n]["test"][metric] for n in names]
     batch_sizes = list(report["models"][names[0]]["latency_ms"])
     fig, (ax_a, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
     ax_a.bar(names, acc, color=["#555", "#2a7", "#aaa"][: len(names)])
-    ax_a.set(title="test accuracy (%)", ylim=(max(0, min(acc) - 10), min(100, max(acc) + 3)))
+    ax_a.set(title=f"test {metric} (%)", ylim=(max(0, min(acc) - 10), min(100, max(acc) + 3)))
     width = 0.8 / len(batch_sizes)
     for i, b in enumerate(batch_sizes):
         ax_l.bar(

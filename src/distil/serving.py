@@ -36,7 +36,8 @@ from distil.export import (
     read_student_config,
 )
 from distil.io import read_json
-from distil.tasks import ClassificationTask
+from distil.tasks import ClassificationTask, TokenClassificationTask, task_for_model
+from distil.tasks.token_classification import entities, word_predictions
 
 TORCH_VARIANTS = ("torch", "torch-bf16", "torch-int8")
 ONNX_VARIANTS = ("onnx", "onnx-int8")
@@ -58,10 +59,11 @@ class Predictor:
     """
 
     def __init__(self, tokenizer: Any, run: Runner, input_names: Sequence[str], labels: list[str], variant: str,
-                 path: Path, max_positions: int | None = None):  # fmt: skip
+                 path: Path, max_positions: int | None = None, task: Any = None):  # fmt: skip
         self.tokenizer, self._run, self.input_names = tokenizer, run, list(input_names)
         self.labels, self.variant, self.path = labels, variant, path
         self.max_positions = max_positions
+        self.task = task or ClassificationTask()
 
     def __repr__(self) -> str:
         return f"Predictor(variant={self.variant!r}, path='{self.path}', labels={self.labels})"
@@ -87,9 +89,43 @@ class Predictor:
         return out
 
     def predict(self, texts: Texts, batch_size: int = 32, max_length: int = 128) -> list[dict]:
-        """One dict per text: {"label": name of the top class, "score": its probability, "probs": {label: p}}."""
+        """One dict per text. Classification: {"label": top class, "score": its probability, "probs": {label: p}}.
+        Token classification: {"entities": [{"type", "text", "start", "end", "score"}, ...]} with character
+        offsets into the text (each word's tag read from its first word piece)."""
+        if isinstance(self.task, TokenClassificationTask):
+            return self._entities(texts, batch_size, max_length)
         logits = self.logits(texts, batch_size=batch_size, max_length=max_length)  # (N, C)
-        return ClassificationTask().postprocess(logits, self.labels)
+        return self.task.postprocess(logits, self.labels)
+
+    def _entities(self, texts: Texts, batch_size: int, max_length: int) -> list[dict]:
+        items = _check_texts(texts)
+        if any(isinstance(t, tuple) for t in items):
+            raise DistilError("texts: a token classifier reads single texts, not (text, text_pair) tuples")
+        if self.max_positions:
+            max_length = min(max_length, self.max_positions)
+        out = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=max_length,
+                                 return_offsets_mapping=True, return_tensors="np")  # fmt: skip
+            logits = self._run(self._inputs(enc))  # (B, T, C)
+            for i, text in enumerate(chunk):
+                word_ids, offsets = enc.word_ids(i), enc["offset_mapping"][i]  # (T,), (T, 2)
+                words = word_predictions(logits[i], word_ids)  # [(word, probs (C,))] in order
+                spans = [_word_span(word, word_ids, offsets) for word, _ in words]
+                tags = [self.labels[int(p.argmax())] for _, p in words]
+                scores = [float(p.max()) for _, p in words]
+                out.append({"entities": entities(tags, scores, spans, text)})
+        return out
+
+    def _inputs(self, enc) -> dict[str, np.ndarray]:
+        batch = {}
+        for name in self.input_names:
+            if name in enc:
+                batch[name] = np.asarray(enc[name], dtype=np.int64)  # (B, T)
+            elif name == "token_type_ids":
+                batch[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)  # (B, T)
+        return batch
 
     def _encode(self, items: list, max_length: int) -> dict[str, np.ndarray]:
         pairs = isinstance(items[0], tuple)
@@ -102,6 +138,12 @@ class Predictor:
             elif name == "token_type_ids":
                 batch[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)  # (B, T)
         return batch
+
+
+def _word_span(word: int, word_ids: Sequence[int | None], offsets: np.ndarray) -> tuple[int, int]:
+    """Character (start, end) of a word: from its first word piece's start to its last piece's end."""
+    positions = [i for i, w in enumerate(word_ids) if w == word]
+    return int(offsets[positions[0]][0]), int(offsets[positions[-1]][1])
 
 
 def _check_texts(texts: Any) -> list:
@@ -174,14 +216,14 @@ def _torch_runner(model: torch.nn.Module, names: list[str], device: str, bf16: b
             torch.inference_mode(),
             torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16),
         ):
-            return model(**inputs).logits.float().cpu().numpy()  # (B, C)
+            return model(**inputs).logits.float().cpu().numpy()  # (B, C) or (B, T, C)
 
     return run
 
 
 def _onnx_runner(session: Any) -> Runner:
     def run(batch: dict[str, np.ndarray]) -> np.ndarray:
-        return session.run(["logits"], batch)[0]  # (B, C)
+        return session.run(["logits"], batch)[0]  # (B, C) or (B, T, C)
 
     return run
 
@@ -217,7 +259,9 @@ def load_student(path: str | os.PathLike, variant: str | None = None, *, device:
         session = ort_session(directory / MODEL_ONNX)
         tokenizer = AutoTokenizer.from_pretrained(directory)
         names = [i.name for i in session.get_inputs()]
-        return Predictor(tokenizer, _onnx_runner(session), names, labels, variant, directory, max_positions)
+        return Predictor(
+            tokenizer, _onnx_runner(session), names, labels, variant, directory, max_positions, task_for_model(config)
+        )
     model, tokenizer = load_hf_student(directory)
     if variant == "torch-int8":
         if device != "cpu":
@@ -226,4 +270,5 @@ def load_student(path: str | os.PathLike, variant: str | None = None, *, device:
     else:
         model = model.to(device)
     run = _torch_runner(model, model_input_names(model, tokenizer), device, bf16=variant == "torch-bf16")
-    return Predictor(tokenizer, run, model_input_names(model, tokenizer), labels, variant, directory, max_positions)
+    names = model_input_names(model, tokenizer)
+    return Predictor(tokenizer, run, names, labels, variant, directory, max_positions, task_for_model(config))

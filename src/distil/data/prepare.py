@@ -274,8 +274,15 @@ class PadCollator:
                     batch[key] = torch.tensor([list(r[key]) + [pad] * (longest - len(r[key])) for r in rows])  # (B, L)
         for key in ("labels", "idx"):
             if key in rows[0]:
-                batch[key] = torch.tensor([r[key] for r in rows])  # (B,)
+                batch[key] = torch.tensor([r[key] for r in rows]) if not _per_token(rows[0][key]) else None  # (B,)
+        if "labels" in rows[0] and _per_token(rows[0]["labels"]):  # per-token labels (B, L), padded with -100
+            longest = batch["input_ids"].shape[1]
+            batch["labels"] = torch.tensor([list(r["labels"]) + [-100] * (longest - len(r["labels"])) for r in rows])
         return batch
+
+
+def _per_token(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) or (isinstance(value, torch.Tensor) and value.ndim == 1)
 
 
 def _pieces(tokenizer, ids: list[int]) -> list[str]:

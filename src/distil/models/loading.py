@@ -37,8 +37,10 @@ def load_classifier(
     id2label: dict[int, str] | None = None,
     label2id: dict[str, int] | None = None,
     allow_download: bool | None = None,
+    auto_class: type = AutoModelForSequenceClassification,
 ) -> nn.Module:
-    """Load a sequence classifier: a distil LSTM directory or any Transformers checkpoint in safetensors.
+    """Load a task model (default: a sequence classifier): a distil LSTM directory or any Transformers checkpoint in
+    safetensors, with the head of ``auto_class`` (the task's, e.g. ``AutoModelForTokenClassification``).
 
     A checkpoint without a classification head (e.g. a bare ``BertModel`` such as all-MiniLM-L6-v2) gets a
     freshly initialised one; so does a checkpoint whose head has a different number of classes than
@@ -68,9 +70,7 @@ def load_classifier(
     def set_labels(config: PretrainedConfig) -> dict:
         return {"ignore_mismatched_sizes": _apply_labels(config, num_labels, id2label, label2id)}
 
-    return load_pretrained(
-        AutoModelForSequenceClassification, path_or_name, allow_download=allow_download, configure=set_labels
-    )
+    return load_pretrained(auto_class, path_or_name, allow_download=allow_download, configure=set_labels)
 
 
 def load_pretrained(

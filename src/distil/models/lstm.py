@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 from distil.errors import DistilError
 from distil.io import atomic_path, write_json
@@ -74,6 +74,8 @@ class LSTMConfig:
     """Class index -> name; defaults to LABEL_i."""
     label2id: dict[str, int] | None = None
     """Class name -> index; defaults to the inverse of id2label."""
+    per_token: bool = False
+    """A tagger: logits for every position (B, L, C) from the LSTM states, instead of one pooled (B, C)."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "embedding_dim", "hidden_size", "num_layers", "num_labels"):
@@ -121,7 +123,8 @@ class LSTMClassifier(nn.Module):
             dropout=config.dropout if config.num_layers > 1 else 0.0,  # nn.LSTM drops only between layers
         )
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(2 * self._lstm_width, config.num_labels)
+        pooled = 1 if config.per_token else 2  # a tagger reads each position's state; a classifier mean + max
+        self.classifier = nn.Linear(pooled * self._lstm_width, config.num_labels)
 
     @property
     def _lstm_width(self) -> int:
@@ -156,6 +159,11 @@ class LSTMClassifier(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
         outputs, _ = self.lstm(packed)
         states, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=length)  # (B, L, H')
+        if self.config.per_token:
+            logits = self.classifier(self.dropout(states))  # (B, L, num_labels)
+            flat = (logits.flatten(0, 1), labels.flatten()) if labels is not None else None  # (B*L, C), (B*L,)
+            loss = None if flat is None else F.cross_entropy(*flat, ignore_index=-100)
+            return TokenClassifierOutput(loss=loss, logits=logits)
         keep = mask.unsqueeze(-1)  # (B, L, 1)
         mean = (states * keep).sum(dim=1) / lengths.unsqueeze(-1).to(states.dtype)  # (B, H')
         maxed = states.masked_fill(~keep, torch.finfo(states.dtype).min).amax(dim=1)  # (B, H')

@@ -240,8 +240,10 @@ def student_from_config(
     num_attention_heads: int,
     intermediate_size: int,
     num_labels: int | None = None,
+    model_class: type = AutoModelForSequenceClassification,
 ) -> PreTrainedModel:
-    """Build a freshly initialised sequence classifier of the teacher's type and vocabulary with a new shape.
+    """Build a freshly initialised task model (``model_class``, default a sequence classifier) of the teacher's type
+    and vocabulary with a new shape.
 
     Everything else comes from the teacher's config: vocabulary size, pad id, maximum positions, activation,
     norms, ``id2label``/``label2id`` (unless ``num_labels`` differs). TinyBERT-4 is 4 layers x 312 hidden,
@@ -293,7 +295,7 @@ def student_from_config(
     if num_labels is not None and num_labels != config.num_labels:
         config.num_labels = num_labels  # resets id2label/label2id to LABEL_i
     config.architectures = None
-    return AutoModelForSequenceClassification.from_config(config).train()
+    return model_class.from_config(config).train()
 
 
 def _num_layers(config: PretrainedConfig | None, what: str) -> int:

@@ -8,21 +8,37 @@ from __future__ import annotations
 from distil.errors import DistilError
 from distil.tasks.base import Task
 from distil.tasks.classification import ClassificationTask
+from distil.tasks.token_classification import TokenClassificationTask
 
 TASKS: dict[str, type] = {
     ClassificationTask.name: ClassificationTask,
+    TokenClassificationTask.name: TokenClassificationTask,
 }
 
 
-def get_task(name: str) -> Task:
-    """The task registered as ``name``.
+def get_task(name: str, **options) -> Task:
+    """The task registered as ``name``, built with its ``options`` (e.g. label_all_tokens for NER).
 
     Raises:
         DistilError: no task has that name.
     """
     if name not in TASKS:
         raise DistilError(f"config key 'task': got {name!r}; expected one of {', '.join(TASKS)}")
-    return TASKS[name]()
+    return TASKS[name](**options)
 
 
-__all__ = ["TASKS", "ClassificationTask", "Task", "get_task"]
+def task_for_model(config: dict) -> Task:
+    """The task a saved model serves, from its config.json (``architectures``; a distil LSTM's ``per_token``)."""
+    names = config.get("architectures") or []
+    if any(str(n).endswith("ForTokenClassification") for n in names) or config.get("per_token"):
+        return TokenClassificationTask()
+    return ClassificationTask()
+
+
+def task_of(cfg) -> Task:
+    """The task of a `distil.config.RunConfig`, with the options its config sets."""
+    options = {"label_all_tokens": cfg.data.label_all_tokens} if cfg.task == TokenClassificationTask.name else {}
+    return get_task(cfg.task, **options)
+
+
+__all__ = ["TASKS", "ClassificationTask", "Task", "TokenClassificationTask", "get_task", "task_for_model", "task_of"]

@@ -32,8 +32,8 @@ class Task(Protocol):
         """Read ``cfg.source``, split it, and return the task's data (splits, label names, extra test sets)."""
         ...
 
-    def tokenize(self, frame: Any, tokenizer: Any, max_length: int) -> Any:
-        """A `datasets.Dataset` of one split with input_ids, attention_mask, labels, idx and length columns."""
+    def tokenize(self, frame: Any, tokenizer: Any, max_length: int, name: str = "") -> Any:
+        """A `datasets.Dataset` of one split (``name``) with input_ids, attention_mask, labels, idx, length."""
         ...
 
     # 2. model
@@ -43,6 +43,8 @@ class Task(Protocol):
     # 3. teacher signal
     signal_shapes: ClassVar[dict[str, tuple[str, ...]]]
     """Per-row arrays the teacher writes, by name, with symbolic per-row shapes (e.g. {"logits": ("C",)})."""
+    per_token: ClassVar[bool]
+    """True when the logits are per token ((L, C) per row): cached flat, padded to the batch per lookup."""
 
     # 4. KD term
     def kd_term(self, loss: LossConfig) -> nn.Module:
@@ -52,8 +54,16 @@ class Task(Protocol):
     # 5. metric
     best_metric: ClassVar[str]
     """The validation metric the best checkpoint is chosen by (greater is better)."""
+    report_metrics: ClassVar[tuple[tuple[str, str], ...]]
+    """(metric, column title) of the report's table, ``best_metric`` first."""
+    paired_unit: ClassVar[str]
+    """What the paired test counts (examples, sentences, ...), named in the report."""
 
-    def metrics(self, predictions: np.ndarray, gold: np.ndarray, num_labels: int | None = None) -> dict[str, float]:
+    def gold(self, dataset: Any) -> np.ndarray:
+        """The gold labels of a tokenised dataset, shaped as ``metrics`` reads them."""
+        ...
+
+    def metrics(self, predictions: np.ndarray, gold: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
         """Every number the report shows for one evaluation set, from raw model outputs and gold labels."""
         ...
 

@@ -27,7 +27,7 @@ class ClassificationTask:
         """Splits with columns text, [text_pair], label (id); stratified when the source has no splits."""
         return prepare_data(cfg)
 
-    def tokenize(self, frame, tokenizer, max_length: int):
+    def tokenize(self, frame, tokenizer, max_length: int, name: str = ""):
         """input_ids, attention_mask, [token_type_ids], labels, idx, length; unpadded (the collator pads)."""
         return to_dataset(frame, tokenizer, max_length)
 
@@ -36,6 +36,7 @@ class ClassificationTask:
 
     # 3. teacher signal -----------------------------------------------------------------------------------------
     signal_shapes: ClassVar[dict[str, tuple[str, ...]]] = {"logits": ("C",)}
+    per_token: ClassVar[bool] = False
 
     # 4. KD term ------------------------------------------------------------------------------------------------
     def kd_term(self, loss: LossConfig) -> nn.Module:
@@ -44,9 +45,20 @@ class ClassificationTask:
 
     # 5. metric -------------------------------------------------------------------------------------------------
     best_metric: ClassVar[str] = "accuracy"
+    report_metrics: ClassVar[tuple[tuple[str, str], ...]] = (("accuracy", "test acc"), ("macro_f1", "macro-F1"))
+    """(metric, column title) of the report's table, the headline (best_metric) first."""
+    paired_unit: ClassVar[str] = "examples"
+    """What the paired test counts."""
 
-    def metrics(self, predictions: np.ndarray, gold: np.ndarray, num_labels: int | None = None) -> dict[str, float]:
+    def gold(self, dataset) -> np.ndarray:
+        """The gold labels (N,) of a tokenised dataset."""
+        return np.asarray(dataset["labels"])
+
+    def metrics(
+        self, predictions: np.ndarray, gold: np.ndarray, label_names: Sequence[str] | None = None
+    ) -> dict[str, float]:
         """Accuracy and macro-F1 of the argmax of ``predictions`` (N, C) against ``gold`` (N,)."""
+        num_labels = len(label_names) if label_names else None
         return classification_metrics(np.asarray(predictions).argmax(-1), np.asarray(gold), num_labels)
 
     def correct(self, predictions: np.ndarray, gold: np.ndarray) -> np.ndarray:
