@@ -49,3 +49,42 @@ def test_predict_prints_entities_with_offsets(ner_run, capsys):
     assert line["text"] == "Angela Merkel visited Paris" and isinstance(line["entities"], list)
     for e in line["entities"]:
         assert line["text"][e["start"] : e["end"]] == e["text"] and e["type"] in {"PER", "ORG", "LOC", "MISC"}
+
+
+def test_export_checks_onnx_and_scores_entity_f1_on_the_test_split(ner_run, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert main(["export", str(ner_run / "student"), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "entity F1" in printed and "32 test sentences" in printed
+    figures = json.loads((out / "export.json").read_text())
+    variants = figures.get("variants", figures)
+    scored = [v for v in variants.values() if isinstance(v, dict) and "f1" in v]
+    assert len(scored) >= 3  # hf, onnx, onnx-int8 at least
+    report = json.loads((ner_run / "report.json").read_text())
+    hf = next(v for k, v in variants.items() if k == "hf")
+    assert hf["f1"] == pytest.approx(report["models"]["student"]["test"]["f1"], abs=1e-6)
+    from distil.serving import load_student
+
+    onnx = load_student(out / "onnx").predict(["Angela Merkel visited Paris"])[0]
+    torch_out = load_student(ner_run / "student").predict(["Angela Merkel visited Paris"])[0]
+    assert [e["type"] for e in onnx["entities"]] == [e["type"] for e in torch_out["entities"]]
+
+
+def test_tinybert_recipe_runs_on_token_classification(tmp_path, _tiny_bert_session, tokenizer):
+    teacher = tmp_path / "teacher"
+    _tiny_bert_session.save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    out = tmp_path / "run"
+    flags = small_run_flags(out, tmp_path / "cache")
+    args = ["run", "tinybert", "--task", "token-classification", "--data.source", "conll2003",
+            "--data.extra_test_sets", "[]", "--teacher.model", str(teacher), *flags, "--teacher.train.epochs", "1",
+            "--student.hidden_size", "32", "--student.num_attention_heads", "4", "--student.intermediate_size", "64",
+            "--general_data.max_rows", "64", "--augment.num_variants", "1",
+            "--eval.latency_repeats", "1", "--eval.latency_batch_sizes", "[1]"]  # fmt: skip
+    assert main(args) == 0
+    history = json.loads((out / "student" / "training_history.json").read_text())
+    assert [s["name"] for s in history["stages"]] == ["general", "task-intermediate", "task-prediction"]
+    augmented = history["stages"][1]
+    assert augmented["data"] == "train_augmented" and augmented["train_rows"] > 64
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"]["name"] == "token-classification" and "f1" in report["models"]["student"]["test"]

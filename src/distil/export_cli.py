@@ -89,8 +89,11 @@ def test_split_evaluator(model_dir: Path, run_dir: Path | None, eval_source: str
     from distil.data import prepare_data
     from distil.distill import classification_metrics
     from distil.export import read_student_config
+    from distil.tasks import TokenClassificationTask, task_for_model
 
     data_cfg = _data_config(run_dir, eval_source)
+    if isinstance(task_for_model(read_student_config(model_dir)), TokenClassificationTask):
+        return _token_evaluator(model_dir, data_cfg, batch_size, run_dir, eval_source)
     data = prepare_data(data_cfg)
     test = data.splits.get("test")
     if test is None or len(test) == 0:
@@ -110,6 +113,34 @@ def test_split_evaluator(model_dir: Path, run_dir: Path | None, eval_source: str
 
     origin = f"the run's test split ({run_dir / 'config.yaml'})" if eval_source is None else "its test split"
     return evaluate, f"{data_cfg.source}: {len(gold)} test rows, {origin}, max_length {data_cfg.max_length}"
+
+
+def _token_evaluator(model_dir: Path, data_cfg, batch_size: int, run_dir: Path | None, eval_source: str | None):
+    """Entity-level F1 of any variant on the test sentences (word lists, first-word-piece labels)."""
+    from distil.data.conll import tokenize_token_frame
+    from distil.export import read_student_config
+    from distil.tasks import TokenClassificationTask
+    from distil.tasks.token_classification import pad_labels
+
+    task = TokenClassificationTask()
+    data = task.prepare(data_cfg)
+    test = data.splits["test"]
+    model_labels = model_label_names(read_student_config(model_dir))
+    if model_labels != data.label_names:
+        raise DistilError(
+            f"eval source '{data_cfg.source}': its tags {data.label_names} are not the model's {model_labels} "
+            "(config.json id2label); pass an eval source with the model's tags"
+        )
+
+    def evaluate(predictor) -> dict[str, Any]:
+        columns, _ = tokenize_token_frame(test, predictor.tokenizer, data_cfg.max_length, label_names=data.label_names)
+        logits = predictor.token_logits(columns, batch_size=batch_size)  # (N, Lmax, C)
+        metrics = task.metrics(logits, pad_labels(columns["labels"], logits.shape[1]), data.label_names)
+        keep = ("f1", "precision", "recall", "token_accuracy")
+        return {**{k: metrics[k] for k in keep}, "test_rows": len(test)}
+
+    origin = f"the run's test split ({run_dir / 'config.yaml'})" if eval_source is None else "its test split"
+    return evaluate, f"{data_cfg.source}: {len(test)} test sentences, {origin}, entity F1 (seqeval)"
 
 
 def card_report(run_dir: Path | None, model_dir: Path) -> dict:
@@ -145,13 +176,15 @@ def _mb(n_bytes: Any) -> str:
 
 
 def render_table(results: dict[str, dict]) -> str:
-    """Variant / accuracy / change vs fp32 / size / max-abs-diff, as a markdown table."""
-    base = results.get("hf", {}).get("accuracy")
+    """Variant / accuracy (entity F1 for a tagger) / change vs fp32 / size / max-abs-diff, as a markdown table."""
+    metric = "f1" if any("f1" in r for r in results.values()) else "accuracy"
+    base = results.get("hf", {}).get(metric)
     hf_size = results.get("hf", {}).get("size_bytes")
-    lines = ["| variant | accuracy | vs fp32 (points) | size | max abs diff |", "|---|---|---|---|---|"]
+    title = "entity F1" if metric == "f1" else "accuracy"
+    lines = [f"| variant | {title} | vs fp32 (points) | size | max abs diff |", "|---|---|---|---|---|"]
     for key in [k for k in VARIANT_ORDER if k in results] + [k for k in results if k not in VARIANT_ORDER]:
         r = results[key]
-        acc = r.get("accuracy")
+        acc = r.get(metric)
         delta = f"{100 * (acc - base):+.2f}" if acc is not None and base is not None else "-"
         size = r.get("size_bytes", hf_size if key == "torch-int8" else None)
         size_text = _mb(size) + (" (fp32 weights; int8 in memory)" if key == "torch-int8" else "")

@@ -22,7 +22,7 @@ import torch
 from transformers import set_seed
 
 from distil.config import RunConfig, StageConfig, dump_yaml, load_config, to_dict
-from distil.data import PadCollator, TaskData, add_teacher_tokens, to_dataset
+from distil.data import PadCollator, TaskData, add_teacher_tokens
 from distil.data.corpus import read_corpus, tokenize_unlabelled
 from distil.data.held_out import held_out_texts, is_held_out
 from distil.distill import DistillationTrainer, metrics_for, training_arguments
@@ -414,9 +414,9 @@ def _stage_dataset(ctx: Context, stage: StageConfig, teacher) -> str:
     if not (stage.augment and ctx.cfg.augment.enabled):
         return "train"
     if "train_augmented" not in ctx.datasets:
-        ctx.frames["train_augmented"] = augmented_frame(ctx, teacher)
-        ctx.datasets["train_augmented"] = to_dataset(
-            ctx.frames["train_augmented"], ctx.tokenizer, ctx.cfg.data.max_length
+        ctx.frames["train_augmented"] = ctx.task.after_augment(augmented_frame(ctx, teacher))
+        ctx.datasets["train_augmented"] = ctx.task.tokenize(
+            ctx.frames["train_augmented"], ctx.tokenizer, ctx.cfg.data.max_length, "train_augmented"
         )
     return "train_augmented"
 

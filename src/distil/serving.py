@@ -118,6 +118,26 @@ class Predictor:
                 out.append({"entities": entities(tags, scores, spans, text)})
         return out
 
+    def token_logits(self, columns: dict, batch_size: int = 32) -> np.ndarray:
+        """Per-token logits (N, Lmax, C), zero-padded, of pre-tokenised rows (``columns``: input_ids and
+        attention_mask lists per row, as `distil.data.conll.tokenize_token_frame` gives them)."""
+        ids = columns["input_ids"]
+        longest = max(len(r) for r in ids)
+        out = None
+        for start in range(0, len(ids), batch_size):
+            rows = range(start, min(start + batch_size, len(ids)))
+            width = max(len(ids[i]) for i in rows)
+            enc = {
+                name: np.asarray([list(columns[name][i]) + [0] * (width - len(ids[i])) for i in rows], dtype=np.int64)
+                for name in ("input_ids", "attention_mask", "token_type_ids")
+                if name in columns
+            }  # (B, T) each
+            logits = self._run(self._inputs(enc))  # (B, T, C)
+            if out is None:
+                out = np.zeros((len(ids), longest, logits.shape[-1]), dtype=np.float32)
+            out[start : start + len(rows), :width] = logits
+        return out
+
     def _inputs(self, enc) -> dict[str, np.ndarray]:
         batch = {}
         for name in self.input_names:

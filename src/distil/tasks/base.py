@@ -36,6 +36,10 @@ class Task(Protocol):
         """A `datasets.Dataset` of one split (``name``) with input_ids, attention_mask, labels, idx, length."""
         ...
 
+    def after_augment(self, frame: Any) -> Any:
+        """The training frame plus TinyBERT's text variants (column augmented_from >= 0), made whole for the task."""
+        ...
+
     # 2. model
     auto_model_class: ClassVar[type]
     """The Transformers class a checkpoint of this task loads with."""

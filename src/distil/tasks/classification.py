@@ -31,6 +31,10 @@ class ClassificationTask:
         """input_ids, attention_mask, [token_type_ids], labels, idx, length; unpadded (the collator pads)."""
         return to_dataset(frame, tokenizer, max_length)
 
+    def after_augment(self, frame):
+        """Augmented rows as they are: a variant is a text with its source's label."""
+        return frame
+
     # 2. model --------------------------------------------------------------------------------------------------
     auto_model_class: ClassVar[type] = AutoModelForSequenceClassification
 

@@ -46,6 +46,20 @@ class TokenClassificationTask:
         self.truncated[name] = truncated
         return Dataset.from_dict(columns)
 
+    def after_augment(self, frame):
+        """Rows of TinyBERT augmentation (`distil.data.augment`): a variant's words are its text split on spaces (a
+        replaced word never holds a space, so the word count is the source sentence's) with the source's tags; the
+        task-prediction stage trains variants on the teacher's soft labels (alpha 0), the tags only mark the first
+        word pieces. A variant whose word count changed is dropped."""
+        variant = frame["augmented_from"].to_numpy() >= 0 if "augmented_from" in frame else np.zeros(len(frame), bool)
+        tokens = [
+            text.split(" ") if v else list(words) for text, words, v in zip(frame["text"], frame["tokens"], variant)
+        ]
+        keep = np.array([len(t) == len(tags) for t, tags in zip(tokens, frame["tags"])], dtype=bool)
+        out = frame.assign(tokens=tokens)[keep].reset_index(drop=True)
+        out.attrs["dropped_variants"] = int((~keep).sum())
+        return out
+
     # 2. model --------------------------------------------------------------------------------------------------
     auto_model_class: ClassVar[type] = AutoModelForTokenClassification
 
