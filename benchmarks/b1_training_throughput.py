@@ -8,7 +8,7 @@ layer i <- teacher layer 2i + 1). Systems, timed interleaved round by round (A B
     distil-cached   (a) DistillationTrainer step, teacher logits from the soft-label cache
     distil-live     (b) DistillationTrainer step, teacher run live every step (logits only)
     distil-hidden   (c) DistillationTrainer step, live teacher, logits + hidden-state MSE
-                        (distil.feature_distill.make_distiller: FeatureDistiller, hooks on the mapped layers only)
+                        (engine.feature_distiller.make_distiller: FeatureDistiller, hooks on the mapped layers only)
     student-alone   (f) DistillationTrainer without a distiller: the student's own CE step (the limit)
     plain-*         (d) the design documents' loop by hand: every row padded to max_length, teacher run every
                         step under no_grad, KL + CE written out, fp32
@@ -51,13 +51,14 @@ from transformers import TrainerCallback, get_linear_schedule_with_warmup
 
 from distil.config import DEFAULT_TEACHER, DataConfig, LossConfig, TrainConfig
 from distil.data import PadCollator, prepare_data, to_dataset
-from distil.distill import DistillationTrainer, Distiller, EpochLengthGroupedSampler, training_arguments
-from distil.feature_distill import make_distiller
+from distil.engine.distiller import Distiller
+from distil.engine.feature_distiller import make_distiller
+from distil.engine.teacher_cache import soft_labels_for
+from distil.engine.trainer import DistillationTrainer, EpochLengthGroupedSampler, training_arguments
 from distil.models.features import map_layers
 from distil.models.loading import load_classifier, load_tokenizer
 from distil.models.packaged import resolve_model
 from distil.models.student import select_layers, student_from_teacher
-from distil.soft_labels import soft_labels_for
 
 ALPHA, KD_TEMPERATURE, HIDDEN_WEIGHT, LEARNING_RATE = 0.5, 2.0, 1.0, 1e-4
 DISTIL_KINDS = ("distil-cached", "distil-live", "distil-hidden", "student-alone")

@@ -1,7 +1,8 @@
 """B2: serving latency, throughput and accuracy of the teacher vs its students, per runtime variant.
 
-Every model is exported with distil.export.export_all and loaded through distil.serving.load_student, so each
-variant is timed exactly as a user would call it (`Predictor.logits`: tokenise, run, return numpy):
+Every model is exported with distil.deploy.export.export_all and loaded through
+distil.deploy.serving.load_student, so each variant is timed exactly as a user would call it (`Predictor.logits`:
+tokenise, run, return numpy):
 
     torch        PyTorch fp32, inference_mode
     torch-bf16   PyTorch under bf16 autocast
@@ -15,7 +16,7 @@ round (after warm-up), the median over interleaved rounds reported; throughput =
 is timed too, since it is part of every call.
 
 Models: with --run RUN (default runs/default when it exists) the run's teacher/ and student/ (and baseline/ with
---baseline), each variant scored on the run's test split (distil.export_cli's evaluator). Without a run: the
+--baseline), each variant scored on the run's test split (distil.deploy.export_cli's evaluator). Without a run: the
 all-MiniLM-L6-v2 teacher with a random head and a student cut from its layers [0, 2, 4], untrained (accuracy n/a).
 --tiny also times an untrained TinyBERT-4-shaped student (4 x 312, FFN 1200) for the speed it would reach.
 
@@ -38,12 +39,12 @@ import torch
 
 from distil.config import DEFAULT_TEACHER, DataConfig
 from distil.data import prepare_data
-from distil.export import export_all
-from distil.export_cli import test_split_evaluator
+from distil.deploy.export import export_all
+from distil.deploy.export_cli import test_split_evaluator
+from distil.deploy.serving import load_student
 from distil.models.loading import load_classifier, load_tokenizer
 from distil.models.packaged import resolve_model
 from distil.models.student import select_layers, student_from_config, student_from_teacher
-from distil.serving import load_student
 
 VARIANTS = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 DEFAULT_VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8")

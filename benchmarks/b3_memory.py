@@ -4,7 +4,7 @@
    soft labels, cut the student, train it for --steps DistillationTrainer steps. The child reports its RSS after
    each phase; the parent samples the child's RSS every 50 ms and takes its peak (ru_maxrss) from wait4.
    "cached" trains from the soft-label cache; "live" runs the teacher every step instead. These are distil's own
-   pipeline stages (distil.pipeline.run_teacher, run_student) on a small config, the teacher not fine-tuned.
+   pipeline stages (distil.engine.stages.run_teacher, run_student) on a small config, the teacher not fine-tuned.
 2. Soft-label cache at 10k, 100k and 1M synthetic rows (x --classes): entries written through
    SoftLabelCache.get_or_build, then a fresh subprocess opens each (checksum verified) and looks up --batches
    random batches of 32 rows spread over the whole cache. Linux counts two kinds of resident memory: anonymous
@@ -69,8 +69,8 @@ def child_distill(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     from transformers import TrainerCallback
 
-    from distil import pipeline
     from distil.config import load_config
+    from distil.engine import stages as pipeline
 
     phases = {"python + imports": proc_status()}
 
@@ -101,7 +101,7 @@ def child_lookup(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from distil.soft_labels import SoftLabelCache, SoftLabels
+    from distil.engine.teacher_cache import SoftLabelCache, SoftLabels
 
     torch.set_num_threads(spec["threads"])
     before = proc_status()
@@ -164,7 +164,7 @@ def run_child(kind: str, spec: dict, threads: int) -> dict:
 def build_synthetic(root: Path, rows: int, classes: int) -> tuple[str, float]:
     import numpy as np
 
-    from distil.soft_labels import SoftLabelCache
+    from distil.engine.teacher_cache import SoftLabelCache
 
     def compute(path):
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, classes))

@@ -24,9 +24,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: no spinn
 
 from distil import pipeline  # noqa: E402
 from distil.config import RunConfig, from_dict, load_config, merge, to_dict  # noqa: E402
-from distil.evaluate import evaluate_split, latency_table  # noqa: E402
 from distil.io import write_json, write_text  # noqa: E402
 from distil.models.loading import count_parameters  # noqa: E402
+from distil.report.evaluate import evaluate_split, latency_table  # noqa: E402
 
 SIZES = {
     "3L": {"init": "teacher-layers", "layers": [0, 2, 4]},

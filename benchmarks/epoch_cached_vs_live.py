@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: no spinn
 
 from distil import pipeline  # noqa: E402
 from distil.config import load_config, merge, to_dict  # noqa: E402
-from distil.distill import Distiller  # noqa: E402
+from distil.engine.trainer import Distiller  # noqa: E402
 from distil.io import write_json  # noqa: E402
 
 

@@ -63,7 +63,7 @@ def test_export_checks_onnx_and_scores_entity_f1_on_the_test_split(ner_run, tmp_
     report = json.loads((ner_run / "report.json").read_text())
     hf = next(v for k, v in variants.items() if k == "hf")
     assert hf["f1"] == pytest.approx(report["models"]["student"]["test"]["f1"], abs=1e-6)
-    from distil.serving import load_student
+    from distil.deploy.serving import load_student
 
     onnx = load_student(out / "onnx").predict(["Angela Merkel visited Paris"])[0]
     torch_out = load_student(ner_run / "student").predict(["Angela Merkel visited Paris"])[0]

@@ -9,9 +9,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
+from distil.config import LossConfig, RunConfig, flag_specs, load_config, parse_flag_value, run_flag_specs, set_dotted
+from distil.deploy.export_cli import add_export_parser, run_export_args
+from distil.deploy.predict import predict_texts
+from distil.engine import stages as pipeline
+from distil.engine.inspect import inspect_main
 from distil.errors import DistilError
+from distil.io import write_json
+from distil.models.packaged import resolve_model
+from distil.report.report import run_eval
 
 CONFIG_COMMANDS = {
     "run": "every stage: teacher -> soft labels -> student (+ baseline) -> evaluation and report",
@@ -23,12 +32,11 @@ CONFIG_COMMANDS = {
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from distil.config import run_flag_specs as flag_specs
 
     parser.add_argument("config", nargs="?", default=None, help="YAML file or recipe name (default: embedded)")
     parser.add_argument("--resume", action="store_true", help="continue an unfinished run from its checkpoints")
     group = parser.add_argument_group("configuration (YAML keys; dotted paths)")
-    for key, tp, help_text in flag_specs():
+    for key, tp, help_text in run_flag_specs():
         if tp is bool:  # `--overwrite` alone means true; `--overwrite false` also works
             group.add_argument(
                 f"--{key}", dest=f"cfg:{key}", default=None, nargs="?", const="true", metavar="BOOL", help=help_text
@@ -53,11 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("teacher", help="teacher model directory or hub name")
     p.add_argument("student", help="student model directory or hub name")
     p.add_argument("--config", default=None, help="YAML file or recipe whose `loss` section is checked")
-    from distil.config import LossConfig, flag_specs
 
     for key, _tp, help_text in flag_specs(LossConfig, "loss"):
         p.add_argument(f"--{key}", dest=f"cfg:{key}", default=None, metavar="V", help=help_text)
-    from distil.export_cli import add_export_parser
 
     add_export_parser(sub)
     p = sub.add_parser(
@@ -73,18 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from distil.config import load_config, parse_flag_value, set_dotted
-    from distil.config import run_flag_specs as flag_specs
 
     overrides: dict = {}
-    for key, tp, _ in flag_specs():
+    for key, tp, _ in run_flag_specs():
         raw = getattr(args, f"cfg:{key}")
         if raw is not None:
             set_dotted(overrides, key, parse_flag_value(key, raw, tp))
     config = args.config
     if config is None and (args.command != "run" or args.resume):
         # a stage command on an existing run, or --resume, reads that run's resolved config (flags override it)
-        from distil.config import RunConfig
 
         saved = Path(overrides.get("output_dir", RunConfig.output_dir)).expanduser() / "config.yaml"
         if saved.is_file():
@@ -93,14 +96,31 @@ def _config_from_args(args: argparse.Namespace):
     return load_config(config, overrides)
 
 
+def run_all(ctx: pipeline.Context) -> dict:
+    """`distil run`: every stage in order, skipping those already finished when resuming."""
+    pipeline.open_run_dir(ctx)
+    ctx.load_data()
+    if not ctx.done("student"):
+        pipeline.check_models(ctx)
+    pipeline.write_config(ctx)
+    start = time.perf_counter()
+    if not ctx.done("teacher"):
+        pipeline.run_teacher(ctx)
+    else:
+        print(f"teacher: done ({ctx.stage_dir('teacher')})")
+    pipeline.run_student(ctx)
+    report = run_eval(ctx)
+    report["timings"]["total_seconds"] = round(time.perf_counter() - start, 1)
+    write_json(ctx.out / "report.json", report)
+    return report
+
+
 def _run_config_command(args: argparse.Namespace) -> int:
-    from distil import pipeline
-    from distil.report import run_eval
 
     cfg = _config_from_args(args)
     ctx = pipeline.Context(cfg, resume=args.resume)
     if args.command == "run":
-        pipeline.run_all(ctx)
+        run_all(ctx)
         print(f"\nreport: {cfg.output_path / 'report.md'}")
         return 0
     pipeline.open_run_dir(ctx, stage=args.command)
@@ -122,8 +142,6 @@ def _run_config_command(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     import json
-
-    from distil.predict import predict_texts
 
     texts = list(args.texts)
     if args.file:
@@ -148,9 +166,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from distil.config import LossConfig, flag_specs, load_config, parse_flag_value, set_dotted
-    from distil.inspect_models import inspect_main
-    from distil.models.packaged import resolve_model
 
     overrides: dict = {}
     for key, tp, _ in flag_specs(LossConfig, "loss"):
@@ -183,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             return _inspect(args)
         if args.command == "export":
-            from distil.export_cli import run_export_args
-
             return run_export_args(args)
         return _run_config_command(args)
     except DistilError as e:

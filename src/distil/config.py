@@ -357,38 +357,51 @@ class GeneralDataConfig:
 
 @dataclass
 class AugmentationConfig:
-    """TinyBERT data augmentation (used by stages with augment: true)."""
+    """TinyBERT data augmentation (Jiao et al. 2020, Alg. 1), used by stages with augment: true."""
 
     num_variants: int = 4
-    """Variants per training sentence."""
+    """Variants per training sentence (N_a; the paper uses 20 for its GLUE runs)."""
     replace_prob: float = 0.4
-    """Probability that a word is replaced."""
+    """Probability p_t that a word is replaced in a variant."""
     top_k: int = 15
-    """Candidates per word."""
+    """Candidates per word (K): masked-LM top-K predictions or embedding nearest neighbours."""
     method: Literal["embedding", "mlm"] = "embedding"
-    """embedding: nearest neighbours in the teacher's input embeddings; mlm: a masked LM's top-k (`mlm_model`)."""
+    """embedding: nearest neighbours in the teacher's input embeddings (the offline default, as no masked-LM model
+    installs offline); mlm: one-piece words take a masked LM's top-k (`mlm_model`)."""
     mlm_model: str | None = None
     """Path or hub name of a masked-LM model for method mlm (none installs offline)."""
     max_source_rows: int | None = None
     """Augment only the first N training rows (the rest stay as they are)."""
     enabled: bool = True
     """false: stages with augment: true train on the original split (an ablation switch)."""
+    seed: int | None = None
+    """Seed of the replacement draws (the same seed and inputs give the same variants); null: the run's seed."""
+    batch_size: int = 64
+    """Masked sentences per masked-LM forward pass (does not change the result)."""
+    max_length: int = 128
+    """Word pieces of context the masked LM sees; one-piece words past it take embedding neighbours."""
 
     def __post_init__(self):
         _check(self.num_variants >= 1, "num_variants", self.num_variants, "an int >= 1")
         _check(0 < self.replace_prob <= 1, "replace_prob", self.replace_prob, "a number in (0, 1]")
         _check(self.top_k >= 1, "top_k", self.top_k, "an int >= 1")
-        _check(
-            self.method == "embedding" or bool(self.mlm_model),
-            "mlm_model",
-            self.mlm_model,
-            "a masked-LM path when method is mlm",
-        )
+        _check(self.method in ("embedding", "mlm"), "method", self.method, "'embedding' or 'mlm'")
         _check(
             self.max_source_rows is None or self.max_source_rows >= 1,
             "max_source_rows",
             self.max_source_rows,
             "null or an int >= 1",
+        )
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
+        _check(8 <= self.max_length <= 8192, "max_length", self.max_length, "an int in 8..8192")
+
+    def check_model(self) -> None:
+        """A run that augments with method mlm needs the model to take predictions from."""
+        _check(
+            self.method == "embedding" or bool(self.mlm_model),
+            "augment.mlm_model",
+            self.mlm_model,
+            "a masked-LM path when method is mlm",
         )
 
 

@@ -9,6 +9,7 @@ process's umask gives a new file or directory (0644 / 0755 under the usual umask
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -52,6 +53,15 @@ def write_text(target: str | os.PathLike, text: str) -> Path:
 def write_json(target: str | os.PathLike, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON to ``target``."""
     return write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB blocks: the checksum every cache entry is verified with."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: str | os.PathLike) -> Any:

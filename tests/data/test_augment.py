@@ -8,7 +8,7 @@ import torch
 from distil.config import ConfigError
 from distil.data import augment as augment_module
 from distil.data.augment import (
-    AugmentConfig,
+    AugmentationConfig,
     augment_frame,
     augment_texts,
     cached_augment,
@@ -59,17 +59,17 @@ def matrix():
 )
 def test_config_names_the_bad_field(field, value):
     with pytest.raises(ConfigError, match=f"'{field}'"):
-        AugmentConfig(**{field: value})
+        AugmentationConfig(**{field: value})
 
 
 def test_deterministic_under_seed_and_n_variants(tokenizer, matrix):
-    cfg = AugmentConfig(num_variants=3, seed=7)
+    cfg = AugmentationConfig(num_variants=3, seed=7)
     one = augment_texts(TEXTS, tokenizer, cfg, embedding_matrix=matrix)
     assert [i for i, _ in one] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert one == augment_texts(
-        TEXTS, tokenizer, AugmentConfig(num_variants=3, seed=7, batch_size=1), embedding_matrix=matrix
+        TEXTS, tokenizer, AugmentationConfig(num_variants=3, seed=7, batch_size=1), embedding_matrix=matrix
     )
-    assert one != augment_texts(TEXTS, tokenizer, AugmentConfig(num_variants=3, seed=8), embedding_matrix=matrix)
+    assert one != augment_texts(TEXTS, tokenizer, AugmentationConfig(num_variants=3, seed=8), embedding_matrix=matrix)
     assert augment_texts(TEXTS + ["one more row"], tokenizer, cfg, embedding_matrix=matrix)[:9] == one  # rows apart
     assert sum(t != TEXTS[i] for i, t in one) >= 7
 
@@ -79,7 +79,7 @@ def test_replacement_rate_is_about_p(tokenizer, matrix):
     rng = np.random.default_rng(0)
     words = [vocab[i] for i in rng.integers(0, len(vocab), 3000)]
     ((_, variant),) = augment_texts(
-        [" ".join(words)], tokenizer, AugmentConfig(num_variants=1, replace_prob=0.4), embedding_matrix=matrix
+        [" ".join(words)], tokenizer, AugmentationConfig(num_variants=1, replace_prob=0.4), embedding_matrix=matrix
     )
     new = variant.split()
     assert len(new) == len(words)
@@ -99,7 +99,7 @@ def _hand_made_matrix(tokenizer, matrix):
 
 def test_embedding_nearest_neighbour_is_exact(tokenizer, matrix):
     m = _hand_made_matrix(tokenizer, matrix)
-    cfg = AugmentConfig(num_variants=2, replace_prob=1.0, top_k=1)
+    cfg = AugmentationConfig(num_variants=2, replace_prob=1.0, top_k=1)
     out = augment_texts(["good", "Good, unbelievably GOOD!"], tokenizer, cfg, embedding_matrix=m)
     assert out == [(0, "great"), (0, "great"), (1, "Great, wow GREAT!"), (1, "Great, wow GREAT!")]
 
@@ -133,7 +133,7 @@ def test_mlm_candidates_batched_equal_one_at_a_time(tokenizer, mlm_model):
 
 
 def test_mlm_method_replaces_with_the_top_prediction(tokenizer, mlm_model):
-    cfg = AugmentConfig(num_variants=1, replace_prob=1.0, top_k=1, method="mlm")
+    cfg = AugmentationConfig(num_variants=1, replace_prob=1.0, top_k=1, method="mlm")
     text = "the actors shine"
     ((_, variant),) = augment_texts([text], tokenizer, cfg, mlm_model=mlm_model)
     ids = tokenizer(text)["input_ids"]
@@ -144,17 +144,17 @@ def test_mlm_method_replaces_with_the_top_prediction(tokenizer, mlm_model):
     ]
     assert variant == " ".join(expected)
     # deterministic, and a multi-piece word falls back to the embedding neighbours
-    pairs = augment_texts(TEXTS, tokenizer, AugmentConfig(method="mlm", num_variants=2), mlm_model=mlm_model)
+    pairs = augment_texts(TEXTS, tokenizer, AugmentationConfig(method="mlm", num_variants=2), mlm_model=mlm_model)
     assert pairs == augment_texts(
-        TEXTS, tokenizer, AugmentConfig(method="mlm", num_variants=2, batch_size=3), mlm_model=mlm_model
+        TEXTS, tokenizer, AugmentationConfig(method="mlm", num_variants=2, batch_size=3), mlm_model=mlm_model
     )
 
 
 def test_missing_models_are_refused(tokenizer):
     with pytest.raises(DistilError, match="method 'mlm' needs mlm_model"):
-        augment_texts(TEXTS, tokenizer, AugmentConfig(method="mlm"))
+        augment_texts(TEXTS, tokenizer, AugmentationConfig(method="mlm"))
     with pytest.raises(DistilError, match="needs embedding_matrix"):
-        augment_texts(TEXTS, tokenizer, AugmentConfig())
+        augment_texts(TEXTS, tokenizer, AugmentationConfig())
 
 
 def _frame():
@@ -162,7 +162,7 @@ def _frame():
 
 
 def test_augment_frame_appends_variants_with_their_labels(tokenizer, matrix):
-    out = augment_frame(_frame(), tokenizer, AugmentConfig(num_variants=2), embedding_matrix=matrix)
+    out = augment_frame(_frame(), tokenizer, AugmentationConfig(num_variants=2), embedding_matrix=matrix)
     assert len(out) == 9
     assert out["text"].tolist()[:3] == TEXTS
     assert out["augmented_from"].tolist() == [-1, -1, -1, 0, 0, 1, 1, 2, 2]
@@ -170,7 +170,7 @@ def test_augment_frame_appends_variants_with_their_labels(tokenizer, matrix):
 
 
 def test_cache_hit_miss_and_corrupt(tokenizer, matrix, tmp_path, monkeypatch):
-    cfg = AugmentConfig(num_variants=2)
+    cfg = AugmentationConfig(num_variants=2)
     built = cached_augment(_frame(), tokenizer, cfg, tmp_path, model_hash="m1", embedding_matrix=matrix)
     assert built.attrs["augment_cache"]["status"] == "built"
     entry = tmp_path / "augmented" / built.attrs["augment_cache"]["path"].split("/")[-1]
@@ -180,7 +180,7 @@ def test_cache_hit_miss_and_corrupt(tokenizer, matrix, tmp_path, monkeypatch):
     real = augment_module.augment_frame
     monkeypatch.setattr(augment_module, "augment_frame", lambda *a, **k: pytest.fail("a hit must not recompute"))
     hit = cached_augment(
-        _frame(), tokenizer, AugmentConfig(num_variants=2, batch_size=7), tmp_path, "m1", embedding_matrix=matrix
+        _frame(), tokenizer, AugmentationConfig(num_variants=2, batch_size=7), tmp_path, "m1", embedding_matrix=matrix
     )  # batch size does not change the result, so not the key
     assert hit.attrs["augment_cache"]["status"] == "hit"
     pd.testing.assert_frame_equal(hit, built)

@@ -2,11 +2,11 @@
 
 import pandas as pd
 
-from distil import pipeline
 from distil.config import RunConfig
 from distil.data import TaskData, prepare_data, sources
 from distil.data.corpus import BUILTIN_UNLABELLED, read_corpus
 from distil.data.held_out import held_out_texts, normalise
+from distil.engine import stages as pipeline
 
 
 def _frame(texts, labels=None):

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
 from distil.config import LossConfig, RunConfig
-from distil.distill import Distiller, metrics_for
+from distil.engine.distiller import Distiller
+from distil.engine.trainer import metrics_for
 from distil.errors import DistilError
 from distil.tasks import TASKS, ClassificationTask, get_task
 

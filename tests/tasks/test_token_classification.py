@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from distil.config import LossConfig
 from distil.data import PadCollator
-from distil.distill import Distiller
+from distil.engine.distiller import Distiller
 from distil.models.lstm import LSTMClassifier, LSTMConfig
 from distil.tasks import TokenClassificationTask, get_task, task_for_model
 from distil.tasks.token_classification import TokenKDLoss, entities, pad_labels

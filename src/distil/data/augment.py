@@ -28,7 +28,6 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -36,61 +35,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from distil.config import ConfigError
+from distil.config import AugmentationConfig
 from distil.errors import DistilError
-from distil.io import atomic_dir, write_json
+from distil.io import atomic_dir, sha256_file, write_json
 from distil.models.loading import vocabulary_fingerprint
 
 AUGMENT_FORMAT_VERSION = 1
 EMBEDDING_CHUNK = 1024  # queries per cosine-similarity matmul: (1024, H) @ (H, ~22k) stays ~90 MB in float32
 PROGRESS_MIN_ROWS = 1000
-
-
-@dataclass
-class AugmentConfig:
-    """TinyBERT data augmentation (Jiao et al. 2020, Alg. 1)."""
-
-    num_variants: int = 4
-    """Augmented variants per sentence (N_a; the paper uses 20 for its GLUE runs)."""
-    replace_prob: float = 0.4
-    """Probability p_t that a word is replaced in a variant."""
-    top_k: int = 15
-    """Candidates per word (K): masked-LM top-K predictions or embedding nearest neighbours."""
-    method: Literal["mlm", "embedding"] = "embedding"
-    """'embedding': every word takes nearest neighbours in the teacher's input embeddings (the offline default,
-    as no masked-LM model installs offline); 'mlm': one-piece words take a masked LM's top-K predictions."""
-    seed: int = 0
-    """Seed of the replacement draws; the same seed and inputs give the same variants."""
-    batch_size: int = 64
-    """Masked sentences per masked-LM forward pass (does not change the result)."""
-    max_length: int = 128
-    """Word pieces of context the masked LM sees; one-piece words past it take embedding neighbours."""
-
-    def __post_init__(self):
-        _check_field(
-            isinstance(self.num_variants, int) and self.num_variants >= 1,
-            "num_variants",
-            self.num_variants,
-            "an int >= 1",
-        )
-        _check_field(0.0 < self.replace_prob <= 1.0, "replace_prob", self.replace_prob, "a number in (0, 1]")
-        _check_field(isinstance(self.top_k, int) and self.top_k >= 1, "top_k", self.top_k, "an int >= 1")
-        _check_field(self.method in ("mlm", "embedding"), "method", self.method, "'mlm' or 'embedding'")
-        _check_field(isinstance(self.seed, int), "seed", self.seed, "an int")
-        _check_field(
-            isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1"
-        )
-        _check_field(
-            isinstance(self.max_length, int) and 8 <= self.max_length <= 8192,
-            "max_length",
-            self.max_length,
-            "an int in 8..8192",
-        )
-
-
-def _check_field(cond: bool, key: str, value, valid: str) -> None:
-    if not cond:
-        raise ConfigError(key, value, valid)
 
 
 @dataclass
@@ -258,7 +210,7 @@ def _variants(
     words: list[_Word],
     candidates: list[np.ndarray],
     tokens: list[str],
-    cfg: AugmentConfig,
+    cfg: AugmentationConfig,
     rng: np.random.Generator,
 ) -> list[str]:
     """``cfg.num_variants`` copies of ``text``, each word replaced with probability replace_prob by a candidate."""
@@ -292,7 +244,7 @@ def _candidates(
     enc,
     words: list[list[_Word]],
     tokenizer,
-    cfg: AugmentConfig,
+    cfg: AugmentationConfig,
     mlm_model,
     matrix: torch.Tensor,
     allowed: np.ndarray,
@@ -328,7 +280,7 @@ def _candidates(
 def augment_texts(
     texts: list[str],
     tokenizer,
-    cfg: AugmentConfig,
+    cfg: AugmentationConfig,
     mlm_model=None,
     embedding_matrix: torch.Tensor | np.ndarray | None = None,
 ) -> list[tuple[int, str]]:
@@ -367,7 +319,7 @@ def augment_texts(
     candidates = _candidates(texts, enc, words, tokenizer, cfg, mlm_model, matrix, allowed)
     out: list[tuple[int, str]] = []
     for i in tqdm(range(len(texts)), desc="augment", unit="text", disable=len(texts) < PROGRESS_MIN_ROWS):
-        rng = np.random.default_rng([cfg.seed, i])
+        rng = np.random.default_rng([cfg.seed or 0, i])
         out += [(i, v) for v in _variants(texts[i], words[i], candidates[i], tokens, cfg, rng)]
     return out
 
@@ -375,7 +327,7 @@ def augment_texts(
 def augment_frame(
     frame: pd.DataFrame,
     tokenizer,
-    cfg: AugmentConfig,
+    cfg: AugmentationConfig,
     mlm_model=None,
     embedding_matrix: torch.Tensor | np.ndarray | None = None,
     text_column: str = "text",
@@ -397,9 +349,10 @@ def augment_frame(
     return out
 
 
-def augment_key(frame: pd.DataFrame, tokenizer, cfg: AugmentConfig, model_hash: str) -> str:
+def augment_key(frame: pd.DataFrame, tokenizer, cfg: AugmentationConfig, model_hash: str) -> str:
     """Cache key: sha256 of every column's values, the settings (batch size aside), the vocabulary, the model."""
-    settings = {k: v for k, v in asdict(cfg).items() if k != "batch_size"}
+    ignored = ("batch_size", "enabled", "max_source_rows", "mlm_model")  # the model is in model_hash
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ignored}
     h = hashlib.sha256(
         json.dumps(
             {
@@ -418,14 +371,6 @@ def augment_key(frame: pd.DataFrame, tokenizer, cfg: AugmentConfig, model_hash: 
     return h.hexdigest()[:32]
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_verified(entry: Path, key: str, rows: int) -> tuple[pd.DataFrame | None, str]:
     if not entry.exists():
         return None, "miss"
@@ -436,7 +381,7 @@ def _load_verified(entry: Path, key: str, rows: int) -> tuple[pd.DataFrame | Non
         data = entry / "augmented.parquet"
         if meta.get("version") != AUGMENT_FORMAT_VERSION or meta.get("key") != key or meta.get("rows") != rows:
             return None, "stale"
-        if _file_sha256(data) != meta.get("sha256") or pq.ParquetFile(data).metadata.num_rows != rows:
+        if sha256_file(data) != meta.get("sha256") or pq.ParquetFile(data).metadata.num_rows != rows:
             return None, "corrupt"
         return pd.read_parquet(data), "hit"
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
@@ -446,7 +391,7 @@ def _load_verified(entry: Path, key: str, rows: int) -> tuple[pd.DataFrame | Non
 def cached_augment(
     frame: pd.DataFrame,
     tokenizer,
-    cfg: AugmentConfig,
+    cfg: AugmentationConfig,
     cache_dir: str | Path,
     model_hash: str,
     mlm_model=None,
@@ -460,7 +405,7 @@ def cached_augment(
     row count or checksum is deleted and rebuilt, never used.
 
     Args:
-        model_hash: identifies the weights the candidates come from (`distil.soft_labels.hash_model` of the
+        model_hash: identifies the weights the candidates come from (`distil.engine.teacher_cache.hash_model` of the
             teacher whose embeddings are used, or of the masked LM).
 
     Returns:
@@ -483,7 +428,7 @@ def cached_augment(
                     "version": AUGMENT_FORMAT_VERSION,
                     "key": key,
                     "rows": len(out),
-                    "sha256": _file_sha256(tmp / "augmented.parquet"),
+                    "sha256": sha256_file(tmp / "augmented.parquet"),
                     "source_rows": len(frame),
                     "config": asdict(cfg),
                     "model": model_hash,

@@ -1,0 +1,1 @@
+"""Evaluation and the report a person can trust: task metrics, size, CPU latency, the paired test, the model card."""

@@ -1,0 +1,84 @@
+"""Teacher vs student: task metrics, parameters, size on disk, CPU latency (interleaved, medians)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from distil.models.inference import logits_of, longest_first_batches
+from distil.tasks.classification import classification_metrics
+
+
+def predict_logits(model, dataset, collator, batch_size: int = 64, desc: str = "predict") -> np.ndarray:
+    """Logits of ``model`` on a tokenised dataset, in row order (batched longest-first): (N, C), or (N, Lmax, C)
+    zero-padded for per-token logits (Lmax: the dataset's longest row), as the Trainer's evaluation gives them."""
+    lengths = np.asarray(dataset["length"])
+    out = None
+    for rows, _, outputs in longest_first_batches(model, dataset, collator, batch_size, desc=desc):
+        logits = logits_of(outputs).float().cpu().numpy()  # (B, C) or (B, L, C); the model's own tokens
+        if out is None:
+            per_row = (int(lengths.max()), logits.shape[-1]) if logits.ndim == 3 else (logits.shape[-1],)
+            out = np.zeros((len(dataset), *per_row), dtype=np.float32)
+        if logits.ndim == 3:
+            out[rows, : logits.shape[1]] = logits
+        else:
+            out[rows] = logits
+    return out
+
+
+def evaluate_split(model, dataset, collator, num_labels: int, batch_size: int = 64, desc: str = "eval") -> dict:
+    logits = predict_logits(model, dataset, collator, batch_size, desc)
+    return classification_metrics(logits.argmax(-1), np.asarray(dataset["labels"]), num_labels)
+
+
+def size_on_disk(model_dir: str | Path) -> int:
+    """Bytes of the weight files (safetensors) in a saved model directory."""
+    return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+
+
+def _dummy_batch(vocab_size: int, batch: int, seq_len: int, takes_token_types: bool) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "input_ids": torch.randint(1000, min(vocab_size, 20000), (batch, seq_len), generator=g),  # (B, L)
+        "attention_mask": torch.ones(batch, seq_len, dtype=torch.long),
+    }
+    if takes_token_types:
+        inputs["token_type_ids"] = torch.zeros(batch, seq_len, dtype=torch.long)
+    return inputs
+
+
+@torch.inference_mode()
+def _time_once(model, inputs: dict, repeats: int) -> float:
+    for _ in range(3):  # warm-up
+        model(**inputs)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(**inputs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0
+
+
+def latency_table(
+    models: dict[str, torch.nn.Module], batch_sizes: list[int], seq_len: int, repeats: int, rounds: int = 3
+) -> dict[str, dict[int, float]]:
+    """Median CPU latency (ms) of each model at each batch size, fp32, inference_mode.
+
+    The models are timed interleaved (A B C, A B C, ...) for ``rounds`` rounds and the median of the
+    round medians is kept, so a slow stretch of the machine hits every model alike.
+    """
+    per_round: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batch_sizes} for name in models}
+    for _ in tqdm(range(rounds), desc="latency", unit="round"):
+        for b in batch_sizes:
+            for name, model in models.items():
+                model.eval()
+                cfg = getattr(model, "config", None)
+                vocab = getattr(cfg, "vocab_size", 30000)
+                takes_types = getattr(cfg, "type_vocab_size", 0) > 0 if cfg is not None else False
+                per_round[name][b].append(_time_once(model, _dummy_batch(vocab, b, seq_len, takes_types), repeats))
+    return {name: {b: statistics.median(v) for b, v in by_b.items()} for name, by_b in per_round.items()}
