@@ -144,7 +144,14 @@ def test_a_run_folder_with_only_config_yaml_is_not_a_run(teacher_dir, tmp_path, 
 
 def test_mlm_augmentation_without_a_model_is_refused_before_the_teacher_trains(teacher_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    student = ["--student.hidden_size", "32", "--student.num_attention_heads", "4", "--student.intermediate_size", "64"]
+    student = [
+        "--student.hidden_size",
+        "32",
+        "--student.num_attention_heads",
+        "4",
+        "--student.intermediate_size",
+        "64",
+    ]
     args = ["run", "tinybert", "--teacher.model", teacher_dir, *small_run_flags(out, tmp_path / "c"), *student]
     assert main([*args, "--augment.method", "mlm"]) == 2
     assert "config key 'augment.mlm_model': got None; expected a masked-LM path when method is mlm" in (
