@@ -39,6 +39,7 @@ def test_the_report_holds_entity_level_metrics(ner_run):
     assert report["paired"]["test"]["a_only"] + report["paired"]["test"]["b_only"] <= 32
     md = (ner_run / "report.md").read_text()
     assert "entity F1" in md and "sentences whose entities are all right" in md
+    assert "| model | LOC F1 | MISC F1 | ORG F1 | PER F1 |" in md
     soft = json.loads((ner_run / "soft_labels.json").read_text())
     assert soft["shape"][1] == 9  # flat (sum of sentence lengths, 9 tags)
 
@@ -88,3 +89,19 @@ def test_tinybert_recipe_runs_on_token_classification(tmp_path, _tiny_bert_sessi
     assert augmented["data"] == "train_augmented" and augmented["train_rows"] > 64
     report = json.loads((out / "report.json").read_text())
     assert report["task"]["name"] == "token-classification" and "f1" in report["models"]["student"]["test"]
+
+
+def test_the_lstm_tagger_is_a_student_too(tmp_path, _tiny_bert_session, tokenizer):
+    teacher = tmp_path / "teacher"
+    _tiny_bert_session.save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    out = tmp_path / "run"
+    args = ["run", "ner", "--teacher.model", str(teacher), *small_run_flags(out, tmp_path / "cache"),
+            "--student.init", "lstm", "--student.lstm_embedding_dim", "16", "--student.lstm_hidden_size", "16",
+            "--teacher.train.epochs", "1", "--distill.epochs", "1", "--baseline", "false",
+            "--eval.latency_repeats", "1", "--eval.latency_batch_sizes", "[1]"]  # fmt: skip
+    assert main(args) == 0
+    config = json.loads((out / "student" / "config.json").read_text())
+    assert config["distil_model"] == "lstm" and config["per_token"] is True
+    report = json.loads((out / "report.json").read_text())
+    assert 0.0 <= report["models"]["student"]["test"]["f1"] <= 1.0

@@ -102,6 +102,10 @@ class Context:
         """``datasets[name]`` as the student (``student_dataset``) or the teacher reads it."""
         return self.student_dataset(name) if student else self.datasets[name]
 
+    def truncated(self) -> dict[str, int]:
+        """Per split, the examples that lost words to max_length (tasks that count them: token classification)."""
+        return {k: v for k, v in getattr(self.task, "truncated", {}).items() if v and not k.startswith("train_")}
+
     def held_out(self) -> frozenset[str]:
         """Normalised texts of the validation, test and extra test sets: never trained on."""
         if self._held_out is None:
@@ -133,6 +137,7 @@ class Context:
         print(
             f"data: {self.cfg.data.source}: {sizes}; labels {self.data.label_names}"
             + (f"; skipped empty rows: {skipped}" if skipped else "")
+            + (f"; truncated to {max_len} tokens: {self.truncated()}" if self.truncated() else "")
         )
 
 

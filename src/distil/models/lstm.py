@@ -101,6 +101,10 @@ class LSTMConfig:
             self.label2id = {name: i for i, name in self.id2label.items()}
         self.label2id = {str(name): int(i) for name, i in self.label2id.items()}
 
+    def to_json_string(self) -> str:
+        """The config as JSON, as a transformers config gives it (the Trainer's TensorBoard callback logs it)."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
 
 class LSTMClassifier(nn.Module):
     """Embedding -> packed (Bi)LSTM -> masked mean+max pooling -> linear.

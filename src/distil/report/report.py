@@ -76,6 +76,7 @@ def run_eval(ctx) -> dict:
             "splits": {k: len(v) for k, v in ctx.data.splits.items()},
             "labels": ctx.data.label_names,
             "skipped_empty_rows": ctx.data.skipped_empty,
+            "truncated": ctx.truncated(),
             "extra_test_sets": {k: len(v) for k, v in ctx.data.extra_tests.items()},
         },
         "teacher_source": cfg.teacher.model,
@@ -241,18 +242,33 @@ def render_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _per_type_table(report: dict) -> list[str]:
+    """Per entity type F1 on the test split (token classification reports ``f1_<TYPE>``); [] for other tasks."""
+    models = report["models"]
+    types = sorted({k[3:] for r in models.values() for k in r["test"] if k.startswith("f1_")})
+    if not types:
+        return []
+    md = ["", "| model | " + " | ".join(f"{t} F1" for t in types) + " |", "|---|" + "---|" * len(types)]
+    for r in models.values():
+        md.append(f"| {r['role']} | " + " | ".join(f"{100 * r['test'].get('f1_' + t, 0.0):.2f}" for t in types) + " |")
+    return md
+
+
 def render_markdown(report: dict) -> str:
     rows = table_rows(report)
     md = [
         "# distil report",
         "",
-        f"Data: `{report['data']['source']}` {report['data']['splits']}, labels {report['data']['labels']}.",
+        f"Data: `{report['data']['source']}` {report['data']['splits']}, labels {report['data']['labels']}"
+        + (f"; truncated to max_length: {report['data']['truncated']}" if report["data"].get("truncated") else "")
+        + ".",
         f"Teacher: `{report['teacher_source']}`. Student: {report['student_init']}. Loss: {report['loss']}.",
         "",
         "| " + " | ".join(rows[0]) + " |",
         "|" + "---|" * len(rows[0]),
     ]
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    md += _per_type_table(report)
     p = report["latency_protocol"]
     md += [
         "",
