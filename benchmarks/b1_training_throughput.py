@@ -8,7 +8,7 @@ layer i <- teacher layer 2i + 1). Systems, timed interleaved round by round (A B
     distil-cached   (a) DistillationTrainer step, teacher logits from the soft-label cache
     distil-live     (b) DistillationTrainer step, teacher run live every step (logits only)
     distil-hidden   (c) DistillationTrainer step, live teacher, logits + hidden-state MSE
-                        (engine.feature_distiller.make_distiller: FeatureDistiller, hooks on the mapped layers only)
+                        (engine.distiller.make_distiller: Distiller, hooks on the mapped layers only)
     student-alone   (f) DistillationTrainer without a distiller: the student's own CE step (the limit)
     plain-*         (d) the design documents' loop by hand: every row padded to max_length, teacher run every
                         step under no_grad, KL + CE written out, fp32
@@ -51,8 +51,7 @@ from transformers import TrainerCallback, get_linear_schedule_with_warmup
 
 from distil.config import DEFAULT_TEACHER, DataConfig, LossConfig, TrainConfig
 from distil.data import PadCollator, prepare_data, to_dataset
-from distil.engine.distiller import Distiller
-from distil.engine.feature_distiller import make_distiller
+from distil.engine.distiller import Distiller, make_distiller
 from distil.engine.teacher_cache import soft_labels_for
 from distil.engine.trainer import DistillationTrainer, EpochLengthGroupedSampler, training_arguments
 from distil.models.features import map_layers

@@ -12,7 +12,7 @@ from distil.cli import main
 from distil.config import LossConfig
 from distil.data import PadCollator, add_teacher_tokens, to_dataset
 from distil.data.prepare import tokens_align
-from distil.engine.feature_distiller import FeatureDistiller
+from distil.engine.distiller import Distiller
 from distil.errors import DistilError
 
 TEXTS = ["a good film", "the plot drags , and the ending is a mess", "great"]
@@ -74,7 +74,7 @@ def test_word_pieces_decide_alignment_not_lengths(tokenizer, tmp_path):
 
 def test_token_level_terms_refuse_a_misaligned_batch(make_tiny_bert):
     teacher, student = make_tiny_bert(hidden_size=48), make_tiny_bert()
-    distiller = FeatureDistiller(LossConfig(hidden_weight=1.0), teacher, student.train())
+    distiller = Distiller(LossConfig(hidden_weight=1.0), teacher, student.train())
     inputs = {"input_ids": torch.tensor([[101, 7, 102]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
     teacher_inputs = {
         "teacher_input_ids": torch.tensor([[101, 7, 8, 102]]),

@@ -1,4 +1,4 @@
-"""FeatureDistiller: every term is 0 for an exact copy, parts follow the weights, only needed layers are hooked,
+"""Distiller: every term is 0 for an exact copy, parts follow the weights, only needed layers are hooked,
 projections train and survive a resume, impossible combinations are refused at construction."""
 
 from __future__ import annotations
@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from distil.config import FEATURE_WEIGHTS, LossConfig
-from distil.engine.distiller import Distiller
-from distil.engine.feature_distiller import (
+from distil.engine.distiller import (
     DISTILLER_STATE_FILE,
+    Distiller,
     DistillerCheckpointCallback,
-    FeatureDistiller,
     load_distiller_state,
     make_distiller,
 )
@@ -59,7 +58,7 @@ def _num_hooks(model: torch.nn.Module) -> int:
 def test_exact_copy_gives_zero_for_every_feature_term(tiny_bert, batch):
     student = student_from_teacher(tiny_bert, [0, 1, 2, 3]).eval()  # eval: no dropout, so features are identical
     cfg = LossConfig(**ALL_FEATURES, layer_map=[0, 1, 2, 3])
-    total, parts, logits = _compute(FeatureDistiller(cfg, tiny_bert, student), student, batch)
+    total, parts, logits = _compute(Distiller(cfg, tiny_bert, student), student, batch)
     expected = {"ce", "kd", *(name.removesuffix("_weight") for name in ALL_FEATURES)}
     assert set(parts) == expected
     for name, value in parts.items():
@@ -72,7 +71,7 @@ def test_exact_copy_gives_zero_for_every_feature_term(tiny_bert, batch):
 def test_minilm_v2_relations_of_an_exact_copy_are_zero(tiny_bert, batch):
     student = student_from_teacher(tiny_bert, [0, 1, 2, 3]).eval()
     cfg = LossConfig(logits_weight=0.0, minilm_value_weight=1.0, minilm_relation_heads=8, layer_map=[0, 1, 2, 3])
-    _, parts, _ = _compute(FeatureDistiller(cfg, tiny_bert, student), student, batch, labels=None)
+    _, parts, _ = _compute(Distiller(cfg, tiny_bert, student), student, batch, labels=None)
     assert set(parts) == {"minilm_query", "minilm_key", "minilm_value"}
     assert all(abs(v.item()) < 1e-5 for v in parts.values())
 
@@ -80,7 +79,7 @@ def test_minilm_v2_relations_of_an_exact_copy_are_zero(tiny_bert, batch):
 def test_total_is_the_weighted_sum_of_the_parts(tiny_bert, batch):
     student = student_from_teacher(tiny_bert, [1, 3]).train()
     cfg = LossConfig(alpha=0.3, logits_weight=2.0, hidden_weight=0.5, attention_weight=0.25, rkd_angle_weight=3.0)
-    total, parts, _ = _compute(FeatureDistiller(cfg, tiny_bert, student), student, batch)
+    total, parts, _ = _compute(Distiller(cfg, tiny_bert, student), student, batch)
     assert set(parts) == {"ce", "kd", "hidden", "attention", "rkd_angle"}
     expected = 2.0 * (0.3 * parts["ce"] + 0.7 * parts["kd"]) + 0.5 * parts["hidden"]
     expected = expected + 0.25 * parts["attention"] + 3.0 * parts["rkd_angle"]
@@ -104,7 +103,7 @@ def test_parts_are_present_for_the_configured_weights_only(tiny_bert, batch, wei
     student = student_from_teacher(tiny_bert, [1, 3])
     cfg = LossConfig(**weights)
     labels = None if cfg.logits_weight == 0 else LABELS
-    total, parts, _ = _compute(FeatureDistiller(cfg, tiny_bert, student), student, batch, labels=labels)
+    total, parts, _ = _compute(Distiller(cfg, tiny_bert, student), student, batch, labels=labels)
     assert set(parts) == expected
     assert torch.isfinite(total)
 
@@ -118,7 +117,7 @@ def test_soft_labels_feed_the_logit_term(tiny_bert, batch):
 
     student = student_from_teacher(tiny_bert, [1, 3]).eval()
     idx = torch.tensor([7, 2, 5, 0])
-    distiller = FeatureDistiller(LossConfig(hidden_weight=1.0), tiny_bert, student, soft_labels=Cached())
+    distiller = Distiller(LossConfig(hidden_weight=1.0), tiny_bert, student, soft_labels=Cached())
     _, parts, logits = _compute(distiller, student, batch, idx=idx)
     assert parts["kd"].item() == pytest.approx(kd_kl_loss(logits, Cached.logits[idx], 2.0).item(), rel=1e-5)
     with pytest.raises(DistilError, match="idx"):
@@ -133,14 +132,14 @@ def test_logits_only_with_soft_labels_never_runs_the_teacher(tiny_bert, batch):
     calls = []
     tiny_bert.register_forward_hook(lambda *args: calls.append(1))
     student = student_from_teacher(tiny_bert, [1, 3])
-    distiller = FeatureDistiller(LossConfig(), tiny_bert, student, soft_labels=Cached())
+    distiller = Distiller(LossConfig(), tiny_bert, student, soft_labels=Cached())
     _, parts, _ = _compute(distiller, student, batch, idx=torch.arange(4))
     assert set(parts) == {"ce", "kd"} and not calls
 
 
 def test_rkd_on_a_batch_too_small_for_the_angle_contributes_zero(tiny_bert, batch):
     student = student_from_teacher(tiny_bert, [1, 3])
-    distiller = FeatureDistiller(LossConfig(rkd_distance_weight=1.0, rkd_angle_weight=1.0), tiny_bert, student)
+    distiller = Distiller(LossConfig(rkd_distance_weight=1.0, rkd_angle_weight=1.0), tiny_bert, student)
     for rows in (1, 2):  # e.g. the last partial batch of an epoch
         small = {key: value[:rows] for key, value in batch.items()}
         _, parts, _ = _compute(distiller, student, small, labels=LABELS[:rows])
@@ -156,11 +155,11 @@ def test_rkd_on_a_batch_too_small_for_the_angle_contributes_zero(tiny_bert, batc
 
 def test_only_the_layers_the_terms_need_are_hooked(tiny_bert, batch):
     student = student_from_teacher(tiny_bert, [1, 3])
-    distiller = FeatureDistiller(LossConfig(hidden_weight=1.0), tiny_bert, student)  # uniform: 0<-1, 1<-3
+    distiller = Distiller(LossConfig(hidden_weight=1.0), tiny_bert, student)  # uniform: 0<-1, 1<-3
     assert distiller.student_spec == FeatureSpec(hidden_layers=(0, 1))
     assert distiller.teacher_spec == FeatureSpec(hidden_layers=(1, 3))
     cfg = LossConfig(minilm_value_weight=1.0, minilm_relation_heads=4, hidden_cosine_weight=1.0)
-    distiller = FeatureDistiller(cfg, tiny_bert, student)
+    distiller = Distiller(cfg, tiny_bert, student)
     assert distiller.student_spec == FeatureSpec(hidden_layers=(1,), qkv_layers=(1,))
     assert distiller.teacher_spec == FeatureSpec(hidden_layers=(3,), qkv_layers=(3,))
     seen = []
@@ -174,7 +173,7 @@ def test_teacher_runs_under_inference_mode_and_gets_no_grads(tiny_bert, batch, w
     student = wide_student
     modes = []
     tiny_bert.register_forward_hook(lambda *args: modes.append(torch.is_inference_mode_enabled()))
-    distiller = FeatureDistiller(LossConfig(hidden_weight=1.0, attention_weight=1.0), tiny_bert, student)
+    distiller = Distiller(LossConfig(hidden_weight=1.0, attention_weight=1.0), tiny_bert, student)
     distiller.train()
     assert not tiny_bert.training  # train() leaves the teacher in eval mode
     total, _, _ = _compute(distiller, student, batch)
@@ -188,7 +187,7 @@ def test_teacher_runs_under_inference_mode_and_gets_no_grads(tiny_bert, batch, w
 def test_projections_when_widths_differ_and_not_the_student(tiny_bert, batch, wide_student):
     student = wide_student
     cfg = LossConfig(embedding_weight=1.0, hidden_weight=1.0, hidden_cosine_weight=1.0, attention_weight=1.0)
-    distiller = FeatureDistiller(cfg, tiny_bert, student)
+    distiller = Distiller(cfg, tiny_bert, student)
     trainable = {name: p.shape for name, p in distiller.named_parameters() if p.requires_grad}
     assert trainable == {
         f"terms.{term}.projection.{kind}": shape
@@ -209,17 +208,17 @@ def test_projections_when_widths_differ_and_not_the_student(tiny_bert, batch, wi
 def test_head_paired_terms_refuse_different_head_counts(tiny_bert, make_tiny_bert, weight):
     student = make_tiny_bert(num_hidden_layers=2, num_attention_heads=2)
     with pytest.raises(DistilError, match=f"loss.{weight}=1.0: .*2 heads and the teacher 4.*minilm_relation_heads"):
-        FeatureDistiller(LossConfig(**{weight: 1.0}), tiny_bert, student)
+        Distiller(LossConfig(**{weight: 1.0}), tiny_bert, student)
 
 
 def test_minilm_v2_relations_work_across_head_counts_and_widths(tiny_bert, make_tiny_bert, batch, wide_student):
     for student in (make_tiny_bert(num_hidden_layers=2, num_attention_heads=2), wide_student):
-        distiller = FeatureDistiller(LossConfig(minilm_value_weight=1.0, minilm_relation_heads=4), tiny_bert, student)
+        distiller = Distiller(LossConfig(minilm_value_weight=1.0, minilm_relation_heads=4), tiny_bert, student)
         total, parts, _ = _compute(distiller, student, batch)
         assert {"minilm_query", "minilm_key", "minilm_value"} <= set(parts) and torch.isfinite(total)
         total.backward()
     with pytest.raises(DistilError, match="minilm_relation_heads=3 must divide the student width 48"):
-        FeatureDistiller(LossConfig(minilm_value_weight=1.0, minilm_relation_heads=3), tiny_bert, student)
+        Distiller(LossConfig(minilm_value_weight=1.0, minilm_relation_heads=3), tiny_bert, student)
 
 
 @pytest.mark.parametrize("weight", sorted(ALL_FEATURES))
@@ -232,10 +231,10 @@ def test_an_lstm_student_is_refused_by_every_feature_term(tiny_bert, weight):
 def test_bad_layer_map_and_label_count_are_refused(tiny_bert, make_tiny_bert):
     student = student_from_teacher(tiny_bert, [1, 3])
     with pytest.raises(DistilError, match="loss.hidden_weight=1.0: layer map: .*teacher layer 4"):
-        FeatureDistiller(LossConfig(hidden_weight=1.0, layer_map=[1, 4]), tiny_bert, student)
+        Distiller(LossConfig(hidden_weight=1.0, layer_map=[1, 4]), tiny_bert, student)
     three = make_tiny_bert(num_labels=3, num_hidden_layers=2)
     with pytest.raises(DistilError, match="loss.logits_weight=1.0: teacher predicts 2 outputs, student 3"):
-        FeatureDistiller(LossConfig(hidden_weight=1.0), tiny_bert, three)
+        Distiller(LossConfig(hidden_weight=1.0), tiny_bert, three)
 
 
 def test_make_distiller_picks_the_distiller(tiny_bert):
@@ -247,7 +246,7 @@ def test_make_distiller_picks_the_distiller(tiny_bert):
     assert type(live) is Distiller and live.teacher is tiny_bert
     lstm = LSTMClassifier(LSTMConfig(vocab_size=30522, embedding_dim=8, hidden_size=8))
     assert type(make_distiller(LossConfig(), tiny_bert, lstm)) is Distiller  # the kd recipe keeps LSTM students
-    assert isinstance(make_distiller(LossConfig(hidden_weight=1.0), tiny_bert, student), FeatureDistiller)
+    assert isinstance(make_distiller(LossConfig(hidden_weight=1.0), tiny_bert, student), Distiller)
 
 
 def test_a_bf16_live_teacher_gives_the_numbers_of_autocast_without_recasting(tiny_bert, batch):
@@ -293,7 +292,7 @@ def test_mlm_term_with_masked_lm_teacher_and_student():
     teacher = _tiny_mlm(4)
     student = student_from_teacher(teacher, [0, 2])
     cfg = LossConfig(alpha=0.0, hidden_cosine_weight=1.0, mlm_weight=1.0)
-    distiller = FeatureDistiller(cfg, teacher, student)
+    distiller = Distiller(cfg, teacher, student)
     input_ids = torch.randint(5, 100, (3, 6), generator=torch.Generator().manual_seed(0))
     mlm_labels = torch.full((3, 6), -100)
     mlm_labels[:, 2] = input_ids[:, 2]
@@ -312,7 +311,7 @@ def test_mlm_term_with_masked_lm_teacher_and_student():
 def test_mlm_term_refuses_a_student_without_an_mlm_head(tiny_bert):
     student = student_from_teacher(tiny_bert, [1, 3])
     with pytest.raises(DistilError, match="loss.mlm_weight=1.0: .*no masked-LM head"):
-        FeatureDistiller(LossConfig(mlm_weight=1.0), tiny_bert, student)
+        Distiller(LossConfig(mlm_weight=1.0), tiny_bert, student)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -378,7 +377,7 @@ def test_trainer_trains_projections_and_resume_restores_them(tmp_path):
     teacher = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=4, **shape)).eval()
     student = BertForSequenceClassification(BertConfig(hidden_size=48, num_hidden_layers=2, **shape))
     cfg = LossConfig(embedding_weight=1.0, hidden_weight=1.0)
-    distiller = FeatureDistiller(cfg, teacher, student)
+    distiller = Distiller(cfg, teacher, student)
     before = {k: v.clone() for k, v in distiller.state_for_checkpoint().items()}
     trainer = _trainer(tmp_path, student, distiller, max_steps=2)
     trainer.train()
@@ -396,7 +395,7 @@ def test_trainer_trains_projections_and_resume_restores_them(tmp_path):
     assert saved.keys() == after.keys() and all(torch.equal(saved[k], after[k]) for k in saved)
 
     # resume from checkpoint-1 with a fresh distiller: the callback refuses to start until the projections are loaded
-    fresh = FeatureDistiller(cfg, teacher, student)
+    fresh = Distiller(cfg, teacher, student)
     callback, resumed_state = DistillerCheckpointCallback(fresh), TrainerState(global_step=1)
     with pytest.raises(DistilError, match="resuming at step 1 without the distiller's learned projections"):
         callback.on_train_begin(trainer.args, resumed_state, TrainerControl())
@@ -413,12 +412,12 @@ def test_trainer_trains_projections_and_resume_restores_them(tmp_path):
 
 def test_checkpoint_state_refuses_a_mismatch(tiny_bert, tmp_path, wide_student):
     student = wide_student
-    distiller = FeatureDistiller(LossConfig(hidden_weight=1.0), tiny_bert, student)
+    distiller = Distiller(LossConfig(hidden_weight=1.0), tiny_bert, student)
     with pytest.raises(DistilError, match="distiller.safetensors is missing"):
         load_distiller_state(distiller, tmp_path)
-    other = FeatureDistiller(LossConfig(embedding_weight=1.0), tiny_bert, student)
+    other = Distiller(LossConfig(embedding_weight=1.0), tiny_bert, student)
     with pytest.raises(DistilError, match=r"missing \['terms.hidden"):
         distiller.load_checkpoint_state(other.state_for_checkpoint())
-    same_width = FeatureDistiller(LossConfig(hidden_weight=1.0), tiny_bert, student_from_teacher(tiny_bert, [1, 3]))
+    same_width = Distiller(LossConfig(hidden_weight=1.0), tiny_bert, student_from_teacher(tiny_bert, [1, 3]))
     assert same_width.state_for_checkpoint() == {}
     assert not load_distiller_state(same_width, tmp_path)  # nothing to restore: no file needed

@@ -1,6 +1,6 @@
 """What each distillation term needs from a teacher/student pair, and why it cannot run on this one.
 
-Used by `FeatureDistiller` (refusing at construction) and `distil inspect` (reporting before any training);
+Used by `Distiller` (refusing at construction) and `distil inspect` (reporting before any training);
 decided from the models alone (architectures, head counts, widths, hookable modules), never from weights.
 """
 

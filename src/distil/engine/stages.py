@@ -15,7 +15,7 @@ from transformers import set_seed
 from distil.config import RunConfig, StageConfig, to_dict
 from distil.data import PadCollator, TaskData, add_teacher_tokens
 from distil.data.held_out import held_out_texts
-from distil.engine.feature_distiller import DistillerCheckpointCallback, load_distiller_state, make_distiller
+from distil.engine.distiller import DistillerCheckpointCallback, load_distiller_state, make_distiller
 from distil.engine.preflight import check_model_pair
 from distil.engine.run_dir import (  # noqa: F401  (the run-folder API, re-exported for the stage functions' users)
     MODEL_STAGES,
