@@ -11,7 +11,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from distil.losses.attention import AttentionKLLoss, AttentionMSELoss, attention_kl_loss, attention_mse_loss
-from distil.losses.combine import CombinedLoss, combine
+from distil.losses.combine import combine
 from distil.losses.hidden import HiddenCosineLoss, HiddenMSELoss, hidden_cosine_loss, hidden_mse_loss
 from distil.losses.logits import SOFT_LOSSES, KDLoss, kd_kl_loss, kd_objective, logits_mse_loss
 from distil.losses.minilm import (
@@ -43,7 +43,6 @@ __all__ = [
     "SOFT_LOSSES",
     "AttentionKLLoss",
     "AttentionMSELoss",
-    "CombinedLoss",
     "HiddenCosineLoss",
     "HiddenMSELoss",
     "KDLoss",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from distil.errors import DistilError
 
@@ -59,69 +59,3 @@ def combine(parts: Mapping[str, Tensor], weights: Mapping[str, float]) -> tuple[
             f"{dict(weights)}); lower the weights"
         )
     return total, logged
-
-
-class CombinedLoss(nn.Module):
-    """Named, weighted loss terms; holds term modules (and their parameters, e.g. projections) for the optimizer.
-
-    The caller computes each part (``self.compute(name, ...)`` or any other way), then ``self.combine(parts)``
-    returns the weighted total and a float per part. There is no catch-all ``forward(**inputs)``: each term takes
-    different inputs, and the caller knows them.
-
-    Args:
-        terms: name -> (weight >= 0, loss callable). ``nn.Module`` callables are registered as submodules, so
-            their parameters (e.g. :class:`~distil.losses.hidden.HiddenMSELoss`'s projection) appear in
-            ``self.parameters()``; plain functions are kept as they are.
-
-    Raises:
-        DistilError: a negative or non-finite weight, an empty or dotted name, or a term that is not callable.
-
-    Example:
-        >>> from distil.losses import HiddenMSELoss, kd_kl_loss
-        >>> losses = CombinedLoss({"kd": (1.0, kd_kl_loss), "hidden_mse": (0.5, HiddenMSELoss(32, 64))})
-        >>> parts = {"kd": losses.compute("kd", s_logits, t_logits, 2.0),
-        ...          "hidden_mse": losses.compute("hidden_mse", s_hidden, t_hidden, mask)}  # doctest: +SKIP
-        >>> total, logged = losses.combine(parts)  # doctest: +SKIP
-    """
-
-    def __init__(self, terms: Mapping[str, tuple[float, Callable[..., Tensor]]]):
-        super().__init__()
-        self.weights: dict[str, float] = {}
-        self.term_modules = nn.ModuleDict()
-        self._functions: dict[str, Callable[..., Tensor]] = {}
-        for name, (weight, term) in terms.items():
-            if not name or "." in name:
-                raise DistilError(f"CombinedLoss: term name {name!r} must be non-empty and contain no '.'")
-            if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
-                raise DistilError(f"CombinedLoss: weight of {name!r} is {weight!r}; must be a finite number >= 0")
-            if not callable(term):
-                raise DistilError(f"CombinedLoss: term {name!r} is {term!r}, not a loss function or module")
-            self.weights[name] = float(weight)
-            if isinstance(term, nn.Module):
-                self.term_modules[name] = term
-            else:
-                self._functions[name] = term
-
-    def term(self, name: str) -> Callable[..., Tensor]:
-        """The loss callable registered under ``name``."""
-        if name in self.term_modules:
-            return self.term_modules[name]
-        if name in self._functions:
-            return self._functions[name]
-        raise DistilError(f"CombinedLoss: no term named {name!r}; terms are {sorted(self.weights)}")
-
-    def compute(self, name: str, *args, **kwargs) -> Tensor:
-        """Call the term ``name`` with the given inputs."""
-        return self.term(name)(*args, **kwargs)
-
-    def combine(
-        self, parts: Mapping[str, Tensor], weights: Mapping[str, float] | None = None
-    ) -> tuple[Tensor, dict[str, float]]:
-        """:func:`combine` with this module's weights unless ``weights`` is given."""
-        return combine(parts, self.weights if weights is None else weights)
-
-    def forward(self, parts: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        return self.combine(parts)
-
-    def extra_repr(self) -> str:
-        return f"weights={self.weights}"
