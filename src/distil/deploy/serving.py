@@ -36,8 +36,7 @@ from distil.deploy.artifacts import (
 )
 from distil.errors import DistilError
 from distil.io import read_json
-from distil.tasks import ClassificationTask, TokenClassificationTask, task_for_model
-from distil.tasks.token_classification import entities, word_predictions
+from distil.tasks import ClassificationTask, task_for_model
 
 TORCH_VARIANTS = ("torch", "torch-bf16", "torch-int8")
 ONNX_VARIANTS = ("onnx", "onnx-int8")
@@ -92,31 +91,7 @@ class Predictor:
         """One dict per text. Classification: {"label": top class, "score": its probability, "probs": {label: p}}.
         Token classification: {"entities": [{"type", "text", "start", "end", "score"}, ...]} with character
         offsets into the text (each word's tag read from its first word piece)."""
-        if isinstance(self.task, TokenClassificationTask):
-            return self._entities(texts, batch_size, max_length)
-        logits = self.logits(texts, batch_size=batch_size, max_length=max_length)  # (N, C)
-        return self.task.postprocess(logits, self.labels)
-
-    def _entities(self, texts: Texts, batch_size: int, max_length: int) -> list[dict]:
-        items = _check_texts(texts)
-        if any(isinstance(t, tuple) for t in items):
-            raise DistilError("texts: a token classifier reads single texts, not (text, text_pair) tuples")
-        if self.max_positions:
-            max_length = min(max_length, self.max_positions)
-        out = []
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=max_length,
-                                 return_offsets_mapping=True, return_tensors="np")  # fmt: skip
-            logits = self._run(self._inputs(enc))  # (B, T, C)
-            for i, text in enumerate(chunk):
-                word_ids, offsets = enc.word_ids(i), enc["offset_mapping"][i]  # (T,), (T, 2)
-                words = word_predictions(logits[i], word_ids)  # [(word, probs (C,))] in order
-                spans = [_word_span(word, word_ids, offsets) for word, _ in words]
-                tags = [self.labels[int(p.argmax())] for _, p in words]
-                scores = [float(p.max()) for _, p in words]
-                out.append({"entities": entities(tags, scores, spans, text)})
-        return out
+        return self.task.serve(self, texts, batch_size, max_length)
 
     def token_logits(self, columns: dict, batch_size: int = 32) -> np.ndarray:
         """Per-token logits (N, Lmax, C), zero-padded, of pre-tokenised rows (``columns``: input_ids and
@@ -132,13 +107,18 @@ class Predictor:
                 for name in ("input_ids", "attention_mask", "token_type_ids")
                 if name in columns
             }  # (B, T) each
-            logits = self._run(self._inputs(enc))  # (B, T, C)
+            logits = self.run_batch(self.model_inputs(enc))  # (B, T, C)
             if out is None:
                 out = np.zeros((len(ids), longest, logits.shape[-1]), dtype=np.float32)
             out[start : start + len(rows), :width] = logits
         return out
 
-    def _inputs(self, enc) -> dict[str, np.ndarray]:
+    def run_batch(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Raw model output of one batch of int64 inputs (B, T): (B, C) or per token (B, T, C)."""
+        return self._run(inputs)
+
+    def model_inputs(self, enc) -> dict[str, np.ndarray]:
+        """The inputs this model takes, as int64 (B, T), from a tokenizer's output (zeros for missing types)."""
         batch = {}
         for name in self.input_names:
             if name in enc:
@@ -158,12 +138,6 @@ class Predictor:
             elif name == "token_type_ids":
                 batch[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)  # (B, T)
         return batch
-
-
-def _word_span(word: int, word_ids: Sequence[int | None], offsets: np.ndarray) -> tuple[int, int]:
-    """Character (start, end) of a word: from its first word piece's start to its last piece's end."""
-    positions = [i for i, w in enumerate(word_ids) if w == word]
-    return int(offsets[positions[0]][0]), int(offsets[positions[-1]][1])
 
 
 def _check_texts(texts: Any) -> list:

@@ -76,6 +76,10 @@ class Task(Protocol):
         ...
 
     # 6. serving
+    def serve(self, predictor: Any, texts: Sequence, batch_size: int, max_length: int) -> list[dict]:
+        """`distil predict`'s answer per input, from any runtime variant (`distil.deploy.serving.Predictor`)."""
+        ...
+
     def postprocess(self, logits: np.ndarray, labels: Sequence[str]) -> list[dict]:
         """One answer per input from raw outputs (for `distil predict` and `load_student(...).predict`)."""
         ...

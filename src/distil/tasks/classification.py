@@ -70,6 +70,12 @@ class ClassificationTask:
         return np.asarray(predictions).argmax(-1) == np.asarray(gold)
 
     # 6. serving ------------------------------------------------------------------------------------------------
+    def serve(self, predictor, texts, batch_size: int, max_length: int) -> list[dict]:
+        """`distil predict`'s answer per text (or text pair), from any variant (`distil.deploy.serving.Predictor`)."""
+        return self.postprocess(
+            predictor.logits(texts, batch_size=batch_size, max_length=max_length), predictor.labels
+        )
+
     def postprocess(self, logits: np.ndarray, labels: Sequence[str]) -> list[dict]:
         """{"label": top class, "score": its probability, "probs": {label: p}} per row of ``logits`` (N, C)."""
         probs = softmax(np.asarray(logits))  # (N, C)

@@ -15,6 +15,7 @@ from transformers import AutoModelForTokenClassification
 
 from distil.config import DataConfig, LossConfig
 from distil.data.conll import TokenTaskData, prepare_token_data, tokenize_token_frame
+from distil.errors import DistilError
 from distil.losses.logits import IGNORE_INDEX, kd_objective
 from distil.tasks.classification import softmax
 
@@ -113,10 +114,37 @@ class TokenClassificationTask:
         return right.all(-1)
 
     # 6. serving ------------------------------------------------------------------------------------------------
+    def serve(self, predictor, texts, batch_size: int, max_length: int) -> list[dict]:
+        """{"entities": [{"type", "text", "start", "end", "score"}, ...]} per text, with character offsets into it;
+        each word's tag is read from its first word piece (`distil.deploy.serving.Predictor` runs any variant)."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise DistilError("texts: a token classifier reads a list of single texts (wrap one text as [text])")
+        if predictor.max_positions:
+            max_length = min(max_length, predictor.max_positions)
+        out = []
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            enc = predictor.tokenizer(chunk, padding=True, truncation=True, max_length=max_length,
+                                      return_offsets_mapping=True, return_tensors="np")  # fmt: skip
+            logits = predictor.run_batch(predictor.model_inputs(enc))  # (B, T, C)
+            for i, text in enumerate(chunk):
+                word_ids, offsets = enc.word_ids(i), enc["offset_mapping"][i]  # (T,), (T, 2)
+                words = word_predictions(logits[i], word_ids)  # [(word, probs (C,))] in order
+                spans = [_word_span(word, word_ids, offsets) for word, _ in words]
+                tags = [predictor.labels[int(p.argmax())] for _, p in words]
+                out.append({"entities": entities(tags, [float(p.max()) for _, p in words], spans, text)})
+        return out
+
     def postprocess(self, logits: np.ndarray, labels: Sequence[str]) -> list[dict]:
         """Per row of ``logits`` (L, C): the tag and probability of each position (entities: `entities`)."""
         probs = softmax(np.asarray(logits))  # (L, C)
         return [{"tag": labels[k], "score": float(p[k])} for k, p in zip(probs.argmax(-1), probs)]
+
+
+def _word_span(word: int, word_ids: Sequence[int | None], offsets: np.ndarray) -> tuple[int, int]:
+    """Character (start, end) of a word: from its first word piece's start to its last piece's end."""
+    positions = [i for i, w in enumerate(word_ids) if w == word]
+    return int(offsets[positions[0]][0]), int(offsets[positions[-1]][1])
 
 
 def pad_labels(rows: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray:
