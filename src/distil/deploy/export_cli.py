@@ -20,17 +20,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from distil.config import DataConfig, load_config
-from distil.data import prepare_data
-from distil.data.conll import tokenize_token_frame
 from distil.deploy.export import export_all, read_student_config
 from distil.errors import DistilError
 from distil.io import read_json
-from distil.tasks import TokenClassificationTask, task_for_model
-from distil.tasks.classification import classification_metrics
-from distil.tasks.token_classification import pad_labels
+from distil.tasks import task_for_model
 
 VARIANT_ORDER = ("hf", "torch-int8", "onnx", "onnx-int8")
 VARIANT_LABEL = {
@@ -62,24 +56,6 @@ def model_label_names(config: dict) -> list[str]:
     return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
 
 
-def _label_ids(data_labels: list[str], model_labels: list[str], where: str) -> np.ndarray:
-    """For each data label id, the model's class id of the same name (identity when the model has no names)."""
-    if [str(x) for x in model_labels] == [f"LABEL_{i}" for i in range(len(model_labels))]:
-        if len(model_labels) != len(data_labels):
-            raise DistilError(
-                f"{where}: the data has {len(data_labels)} labels {data_labels}, the model "
-                f"{len(model_labels)} classes; evaluate it on data with the labels it was trained on"
-            )
-        return np.arange(len(data_labels))
-    missing = [name for name in data_labels if name not in model_labels]
-    if missing:
-        raise DistilError(
-            f"{where}: data label(s) {missing} are not among the model's labels {model_labels} "
-            f"(config.json id2label); pass an eval source with the model's labels"
-        )
-    return np.asarray([model_labels.index(name) for name in data_labels])
-
-
 def test_split_evaluator(model_dir: Path, run_dir: Path | None, eval_source: str | None, batch_size: int = 64):
     """A ``Predictor -> {"accuracy", "macro_f1", "test_rows"}`` function over the chosen test split, and its name.
 
@@ -92,50 +68,11 @@ def test_split_evaluator(model_dir: Path, run_dir: Path | None, eval_source: str
     if run_dir is None and eval_source is None:
         return None, "no accuracy: MODEL_DIR is not inside a run (no config.yaml beside it) and no --eval-source"
     data_cfg = _data_config(run_dir, eval_source)
-    if isinstance(task_for_model(read_student_config(model_dir)), TokenClassificationTask):
-        return _token_evaluator(model_dir, data_cfg, batch_size, run_dir, eval_source)
-    data = prepare_data(data_cfg)
-    test = data.splits.get("test")
-    if test is None or len(test) == 0:
-        raise DistilError(f"eval source '{data_cfg.source}' has no test rows; set data.test_fraction > 0")
-    model_labels = model_label_names(read_student_config(model_dir))
-    to_model = _label_ids(data.label_names, model_labels, f"eval source '{data_cfg.source}'")
-    gold = to_model[test["label"].to_numpy()]  # (N,) model class ids
-    if "text_pair" in test:
-        texts = list(zip(test["text"].tolist(), test["text_pair"].tolist()))
-    else:
-        texts = test["text"].tolist()
-
-    def evaluate(predictor) -> dict[str, Any]:
-        logits = predictor.logits(texts, batch_size=batch_size, max_length=data_cfg.max_length)  # (N, C)
-        metrics = classification_metrics(logits.argmax(-1), gold, num_labels=len(model_labels))
-        return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "test_rows": len(gold)}
-
+    config = read_student_config(model_dir)
+    task = task_for_model(config)
+    evaluate, what = task.test_evaluator(data_cfg, model_label_names(config), batch_size)
     origin = f"the run's test split ({run_dir / 'config.yaml'})" if eval_source is None else "its test split"
-    return evaluate, f"{data_cfg.source}: {len(gold)} test rows, {origin}, max_length {data_cfg.max_length}"
-
-
-def _token_evaluator(model_dir: Path, data_cfg, batch_size: int, run_dir: Path | None, eval_source: str | None):
-    """Entity-level F1 of any variant on the test sentences (word lists, first-word-piece labels)."""
-    task = TokenClassificationTask()
-    data = task.prepare(data_cfg)
-    test = data.splits["test"]
-    model_labels = model_label_names(read_student_config(model_dir))
-    if model_labels != data.label_names:
-        raise DistilError(
-            f"eval source '{data_cfg.source}': its tags {data.label_names} are not the model's {model_labels} "
-            "(config.json id2label); pass an eval source with the model's tags"
-        )
-
-    def evaluate(predictor) -> dict[str, Any]:
-        columns, _ = tokenize_token_frame(test, predictor.tokenizer, data_cfg.max_length, label_names=data.label_names)
-        logits = predictor.token_logits(columns, batch_size=batch_size)  # (N, Lmax, C)
-        metrics = task.metrics(logits, pad_labels(columns["labels"], logits.shape[1]), data.label_names)
-        keep = ("f1", "precision", "recall", "token_accuracy")
-        return {**{k: metrics[k] for k in keep}, "test_rows": len(test)}
-
-    origin = f"the run's test split ({run_dir / 'config.yaml'})" if eval_source is None else "its test split"
-    return evaluate, f"{data_cfg.source}: {len(test)} test sentences, {origin}, entity F1 (seqeval)"
+    return evaluate, f"{data_cfg.source}: {what}, {origin}, max_length {data_cfg.max_length}"
 
 
 def card_report(run_dir: Path | None, model_dir: Path) -> dict:

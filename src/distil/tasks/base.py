@@ -80,6 +80,11 @@ class Task(Protocol):
         """`distil predict`'s answer per input, from any runtime variant (`distil.deploy.serving.Predictor`)."""
         ...
 
+    def test_evaluator(self, data_cfg: DataConfig, model_labels: list[str], batch_size: int) -> tuple:
+        """(a ``Predictor -> {metric: value, "test_rows"}`` function over the test split, "N test <units>"), with
+        which `distil export` scores every exported variant."""
+        ...
+
     def postprocess(self, logits: np.ndarray, labels: Sequence[str]) -> list[dict]:
         """One answer per input from raw outputs (for `distil predict` and `load_student(...).predict`)."""
         ...

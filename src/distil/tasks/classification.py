@@ -14,6 +14,7 @@ from transformers import AutoModelForSequenceClassification
 
 from distil.config import DataConfig, LossConfig
 from distil.data.prepare import TaskData, prepare_data, to_dataset
+from distil.errors import DistilError
 from distil.losses.logits import KDLoss
 
 
@@ -76,6 +77,28 @@ class ClassificationTask:
             predictor.logits(texts, batch_size=batch_size, max_length=max_length), predictor.labels
         )
 
+    def test_evaluator(self, data_cfg: DataConfig, model_labels: list[str], batch_size: int) -> tuple:
+        """(``Predictor -> {"accuracy", "macro_f1", "test_rows"}``, "N test rows") over ``data_cfg``'s test split,
+        for scoring every exported variant (`distil export`).
+
+        Raises:
+            DistilError: the source has no test rows, or its labels are not the model's.
+        """
+        data = self.prepare(data_cfg)
+        test = data.splits.get("test")
+        if test is None or len(test) == 0:
+            raise DistilError(f"eval source '{data_cfg.source}' has no test rows; set data.test_fraction > 0")
+        to_model = label_ids(data.label_names, model_labels, f"eval source '{data_cfg.source}'")
+        gold = to_model[test["label"].to_numpy()]  # (N,) model class ids
+        texts = list(zip(test["text"], test["text_pair"])) if "text_pair" in test else test["text"].tolist()
+
+        def evaluate(predictor) -> dict:
+            logits = predictor.logits(texts, batch_size=batch_size, max_length=data_cfg.max_length)  # (N, C)
+            metrics = classification_metrics(logits.argmax(-1), gold, num_labels=len(model_labels))
+            return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "test_rows": len(gold)}
+
+        return evaluate, f"{len(gold)} test rows"
+
     def postprocess(self, logits: np.ndarray, labels: Sequence[str]) -> list[dict]:
         """{"label": top class, "score": its probability, "probs": {label: p}} per row of ``logits`` (N, C)."""
         probs = softmax(np.asarray(logits))  # (N, C)
@@ -84,6 +107,24 @@ class ClassificationTask:
             {"label": labels[k], "score": float(p[k]), "probs": {name: float(v) for name, v in zip(labels, p)}}
             for k, p in zip(top, probs)
         ]
+
+
+def label_ids(data_labels: list[str], model_labels: list[str], where: str) -> np.ndarray:
+    """For each data label id, the model's class id of the same name (identity when the model has no names)."""
+    if [str(x) for x in model_labels] == [f"LABEL_{i}" for i in range(len(model_labels))]:
+        if len(model_labels) != len(data_labels):
+            raise DistilError(
+                f"{where}: the data has {len(data_labels)} labels {data_labels}, the model "
+                f"{len(model_labels)} classes; evaluate it on data with the labels it was trained on"
+            )
+        return np.arange(len(data_labels))
+    missing = [name for name in data_labels if name not in model_labels]
+    if missing:
+        raise DistilError(
+            f"{where}: data label(s) {missing} are not among the model's labels {model_labels} "
+            f"(config.json id2label); pass an eval source with the model's labels"
+        )
+    return np.asarray([model_labels.index(name) for name in data_labels])
 
 
 def classification_metrics(pred: np.ndarray, gold: np.ndarray, num_labels: int | None = None) -> dict[str, float]:

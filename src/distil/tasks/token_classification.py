@@ -135,6 +135,30 @@ class TokenClassificationTask:
                 out.append({"entities": entities(tags, [float(p.max()) for _, p in words], spans, text)})
         return out
 
+    def test_evaluator(self, data_cfg: DataConfig, model_labels: list[str], batch_size: int) -> tuple:
+        """(``Predictor -> {"f1", "precision", "recall", "token_accuracy", "test_rows"}``, "N test sentences"):
+        entity-level F1 of any exported variant on the test sentences (word lists, first-word-piece labels).
+
+        Raises:
+            DistilError: the source's tags are not the model's.
+        """
+        data = self.prepare(data_cfg)
+        test = data.splits["test"]
+        if list(model_labels) != data.label_names:
+            raise DistilError(
+                f"eval source '{data_cfg.source}': its tags {data.label_names} are not the model's {model_labels} "
+                "(config.json id2label); pass an eval source with the model's tags"
+            )
+
+        def evaluate(predictor) -> dict:
+            columns, _ = tokenize_token_frame(test, predictor.tokenizer, data_cfg.max_length, label_names=model_labels)
+            logits = predictor.token_logits(columns, batch_size=batch_size)  # (N, Lmax, C)
+            metrics = self.metrics(logits, pad_labels(columns["labels"], logits.shape[1]), model_labels)
+            keep = ("f1", "precision", "recall", "token_accuracy")
+            return {**{k: metrics[k] for k in keep}, "test_rows": len(test)}
+
+        return evaluate, f"{len(test)} test sentences (entity F1, seqeval)"
+
     def postprocess(self, logits: np.ndarray, labels: Sequence[str]) -> list[dict]:
         """Per row of ``logits`` (L, C): the tag and probability of each position (entities: `entities`)."""
         probs = softmax(np.asarray(logits))  # (L, C)
