@@ -38,7 +38,7 @@ def test_the_report_holds_entity_level_metrics(ner_run):
         assert 0.0 <= test["f1"] <= 1.0 and test["token_accuracy"] > 0.3  # "O" alone is most tokens
     assert report["paired"]["test"]["a_only"] + report["paired"]["test"]["b_only"] <= 32
     md = (ner_run / "report.md").read_text()
-    assert "entity F1" in md and "sentences whose entities are all right" in md
+    assert "entity F1" in md and "sentences (every entity exactly right) only one of the two gets right" in md
     assert "| model | LOC F1 | MISC F1 | ORG F1 | PER F1 |" in md
     soft = json.loads((ner_run / "soft_labels.json").read_text())
     assert soft["shape"][1] == 9  # flat (sum of sentence lengths, 9 tags)

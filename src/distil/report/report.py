@@ -195,7 +195,7 @@ def verdicts(report: dict, level: float = 0.05) -> list[str]:
             p = paired["p_value"]
             word = "within noise" if p >= level else ("better" if paired["a_only"] > paired["b_only"] else "worse")
             lines.append(
-                f"{head}; {unit} right where the other is wrong: {paired['a_only']} vs {paired['b_only']}, "
+                f"{head}; {unit} only one of the two gets right: {paired['a_only']} vs {paired['b_only']}, "
                 f"McNemar p={p:.3g}): {word}"
             )
             continue

@@ -81,7 +81,7 @@ class TokenClassificationTask:
         ("recall", "recall"),
         ("token_accuracy", "token acc"),
     )
-    paired_unit: ClassVar[str] = "sentences whose entities are all right"
+    paired_unit: ClassVar[str] = "sentences (every entity exactly right)"
 
     def gold(self, dataset) -> np.ndarray:
         """Labels (N, Lmax) padded with -100."""
