@@ -2,8 +2,8 @@
 
 A sentence is a row with columns ``tokens`` (list[str]), ``tags`` (list[str]) and ``line`` (the 1-based line where
 it starts in its file, or its row number + 1 in a table, for error messages). `prepare_token_data` turns a source
-into `TokenTaskData` (IOB2 tags as ids, train/validation/test); `tokenize_token_frame` turns a frame into word
-pieces whose label sits on the first piece of each word (`align_labels`).
+into a `distil.data.prepare.TaskData` (IOB2 tags as ids, train/validation/test); `tokenize_token_frame` turns a
+frame into word pieces whose label sits on the first piece of each word (`align_labels`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import importlib.util
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from distil.config import DataConfig
+from distil.data.prepare import TaskData
 from distil.data.sources import SPLIT_NAMES, _decode_error_message, load_source
 from distil.errors import DistilError
 
@@ -256,25 +256,6 @@ def repair_iob(tags: list[str], where: str = "tags") -> list[str]:
     return out
 
 
-@dataclass
-class TokenTaskData:
-    """Sentences per split, with columns tokens (list[str]), tags (list of tag ids), text (the tokens joined by
-    spaces) and line (where the sentence starts in its file), and the tag names in id order."""
-
-    splits: dict[str, pd.DataFrame]
-    label_names: list[str]
-    extra_tests: dict[str, pd.DataFrame] = field(default_factory=dict)
-    skipped_empty: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.label_names))
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.label_names)}
-
-
 def split_sentences(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> dict[str, pd.DataFrame]:
     """Split sentences into the given fractions (the remainder is 'train') by a permutation seeded with ``seed``.
 
@@ -391,7 +372,7 @@ def _refuse_unknown_tags(
             )
 
 
-def prepare_token_data(cfg: DataConfig) -> TokenTaskData:
+def prepare_token_data(cfg: DataConfig) -> TaskData:
     """Load, clean, split and tag-encode the sentences of ``cfg.source``.
 
     The tokens column is ``cfg.text_column`` unless it is the default ``text`` (then ``tokens``), the tags column
@@ -424,7 +405,8 @@ def prepare_token_data(cfg: DataConfig) -> TokenTaskData:
                 "line": frame["line"].astype(int),
             }
         )
-    return TokenTaskData(splits=out, label_names=names, skipped_empty=skipped)
+    # splits with columns tokens (list[str]), tags (tag ids), text (the tokens joined by spaces), line
+    return TaskData(splits=out, label_names=names, skipped_empty=skipped)
 
 
 def b_to_i_ids(label_names: list[str]) -> dict[int, int]:

@@ -131,13 +131,7 @@ class Predictor:
         pairs = isinstance(items[0], tuple)
         args = ([a for a, _ in items], [b for _, b in items]) if pairs else (items,)
         enc = self.tokenizer(*args, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        batch = {}
-        for name in self.input_names:
-            if name in enc:
-                batch[name] = np.asarray(enc[name], dtype=np.int64)  # (B, T)
-            elif name == "token_type_ids":
-                batch[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)  # (B, T)
-        return batch
+        return self.model_inputs(enc)
 
 
 def _check_texts(texts: Any) -> list:

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from transformers import AutoModelForTokenClassification
 
 from distil.config import DataConfig, LossConfig
-from distil.data.conll import TokenTaskData, prepare_token_data, tokenize_token_frame
+from distil.data.conll import prepare_token_data, tokenize_token_frame
+from distil.data.prepare import TaskData
 from distil.errors import DistilError
 from distil.losses.logits import IGNORE_INDEX, kd_objective
 from distil.tasks.classification import softmax
@@ -31,7 +32,7 @@ class TokenClassificationTask:
         self.truncated: dict[str, int] = {}
 
     # 1. data ---------------------------------------------------------------------------------------------------
-    def prepare(self, cfg: DataConfig) -> TokenTaskData:
+    def prepare(self, cfg: DataConfig) -> TaskData:
         """Sentences with columns tokens, tags (ids), text, line; tags repaired to IOB2 (see distil.data.conll)."""
         data = prepare_token_data(cfg)
         self.label_names = data.label_names  # label_all_tokens turns B-X into I-X on continuation pieces
