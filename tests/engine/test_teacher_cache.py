@@ -15,10 +15,10 @@ from distil.engine.teacher_cache import (
     SoftLabelCache,
     SoftLabels,
     fingerprint,
-    read_logits,
     soft_labels_for,
 )
 from distil.io import sha256_file
+from distil.models.inference import logits_of
 
 NUM_LABELS = 5
 
@@ -182,7 +182,7 @@ def test_key_differs_by_signal_kind_and_task(token_teacher, tokenizer, token_ds,
         max_length=32,
         batch_size=4,
         bf16=False,
-        signals={"logits": lambda out: read_logits(out)[:, 0]},  # (B, C) at [CLS]
+        signals={"logits": lambda out: logits_of(out)[:, 0]},  # (B, C) at [CLS]
     )
     assert at_cls.status == "built" and at_cls.fingerprint != per_token.fingerprint
     assert at_cls.logits.shape == (len(token_ds), NUM_LABELS)
@@ -191,7 +191,7 @@ def test_key_differs_by_signal_kind_and_task(token_teacher, tokenizer, token_ds,
 
 def test_several_signals_with_their_own_shapes_and_dtypes(token_teacher, tokenizer, token_ds, tmp_path):
     signals = {
-        "logits": read_logits,
+        "logits": logits_of,
         "top2_ids": lambda out: out.logits.topk(2, dim=-1).indices,  # (B, T, 2) int64
         "max_logit": lambda out: out.logits.max(dim=-1).values,  # (B, T)
     }

@@ -20,7 +20,7 @@ def normalise(text: object) -> str:
 
 
 def held_out_texts(splits: Mapping[str, pd.DataFrame], extra_tests: Mapping[str, pd.DataFrame]) -> frozenset[str]:
-    """The normalised texts (and text pairs' second texts) of the validation, test and extra test sets.
+    """The normalised texts (text pairs' second texts, QA's contexts) of the validation, test and extra test sets.
 
     Args:
         splits: the run's splits by name (train is ignored).
@@ -32,7 +32,7 @@ def held_out_texts(splits: Mapping[str, pd.DataFrame], extra_tests: Mapping[str,
     frames = [splits[name] for name in HELD_OUT_SPLITS if name in splits] + list(extra_tests.values())
     out: set[str] = set()
     for frame in frames:
-        for column in ("text", "text_pair"):
+        for column in ("text", "text_pair", "context"):
             if column in frame:
                 out.update(normalise(t) for t in frame[column].dropna())
     out.discard("")

@@ -22,6 +22,9 @@ class TaskData:
     label_names: list[str]
     extra_tests: dict[str, pd.DataFrame] = field(default_factory=dict)
     skipped_empty: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per split (and extra test set): rows dropped while reading, by reason (e.g. answers whose offsets do not
+    match)."""
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -186,6 +189,15 @@ def _refuse_single_label(train: pd.DataFrame, cfg: DataConfig) -> None:
         )
 
 
+def sample_rows(frame: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
+    """An extra test set cut to a seeded random sample of ``cfg.max_extra_test_samples`` rows (in their order)."""
+    n = cfg.max_extra_test_samples
+    if not n or len(frame) <= n:
+        return frame
+    keep = np.sort(np.random.default_rng(cfg.split_seed).choice(len(frame), size=n, replace=False))
+    return frame.iloc[keep].reset_index(drop=True)
+
+
 def _extra_test_frame(loaded: pd.DataFrame | dict[str, pd.DataFrame], source: str) -> pd.DataFrame:
     """An extra test set's rows: the frame, or the 'test' split of a source with splits."""
     if not isinstance(loaded, dict):
@@ -219,7 +231,7 @@ def prepare_data(cfg: DataConfig) -> TaskData:
         columns = DataConfig(text_column="text", label_column="label") if source in BUILTIN_SOURCES else cfg
         loaded = _extra_test_frame(load_source(source, cfg.encoding), source)
         frame, skipped[source] = _drop_empty(_select_columns(loaded, columns, source), cfg, source)
-        extra[source] = _encode_labels(frame, names, source, synonyms=True)
+        extra[source] = sample_rows(_encode_labels(frame, names, source, synonyms=True), cfg)
     return TaskData(splits=splits, label_names=names, extra_tests=extra, skipped_empty=skipped)
 
 

@@ -40,6 +40,7 @@ from distil.deploy.artifacts import (  # noqa: F401  (the loaders are re-exporte
 from distil.deploy.serving import load_student
 from distil.errors import DistilError
 from distil.io import atomic_dir, write_json
+from distil.models.inference import logits_of
 from distil.report.model_card import render_model_card, write_model_card  # noqa: F401  (re-exported)
 from distil.tasks import task_for_model
 
@@ -94,7 +95,7 @@ class _LogitsOnly(nn.Module):
         self.model, self.names = model, list(names)
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, tensors)), return_dict=True).logits
+        return logits_of(self.model(**dict(zip(self.names, tensors)), return_dict=True))  # a span head: (B, T, 2)
 
 
 def _torch_onnx_export(model: nn.Module, names: list[str], example: dict, path: Path, opset: int) -> None:
@@ -138,7 +139,7 @@ def _verify_onnx(onnx_path: Path, model: nn.Module, batches: list[dict]) -> floa
     worst = 0.0
     for batch in batches:
         with torch.inference_mode():
-            ref = model(**batch).logits.float().numpy()  # (B, C)
+            ref = logits_of(model(**batch)).float().numpy()  # (B, C) or (B, T, C)
         got = _ort_logits(session, batch)  # (B, C)
         if got.shape != ref.shape:
             raise DistilError(f"ONNX export '{onnx_path}': output shape {got.shape} != PyTorch {ref.shape}")

@@ -36,6 +36,7 @@ from distil.deploy.artifacts import (
 )
 from distil.errors import DistilError
 from distil.io import read_json
+from distil.models.inference import logits_of
 from distil.tasks import ClassificationTask, task_for_model
 
 TORCH_VARIANTS = ("torch", "torch-bf16", "torch-int8")
@@ -204,7 +205,7 @@ def _torch_runner(model: torch.nn.Module, names: list[str], device: str, bf16: b
             torch.inference_mode(),
             torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16),
         ):
-            return model(**inputs).logits.float().cpu().numpy()  # (B, C) or (B, T, C)
+            return logits_of(model(**inputs)).float().cpu().numpy()  # (B, C) or (B, T, C)
 
     return run
 

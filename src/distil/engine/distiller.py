@@ -77,7 +77,8 @@ class Distiller(nn.Module):
         task = task or ClassificationTask()
         self.loss_cfg, self.soft_labels = loss_cfg, soft_labels
         self.kd_term = task.kd_term(loss_cfg)
-        self.per_token = task.per_token
+        self.per_token = task.per_token  # the signal has a position axis (B, L, C): looked up at the batch's length
+        self.token_loss = task.token_loss  # the KD term is a mean over the accumulated batch's labelled tokens
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         if teacher is not None and student is not None:
             problems = term_problems(loss_cfg, teacher, student)
@@ -109,7 +110,7 @@ class Distiller(nn.Module):
     def normalises_by_items(self) -> bool:
         """True when the loss is the accumulated batch's per-token mean (a token task's KD term alone); feature
         terms are per-batch means, which the trainer scales for accumulation."""
-        return self.per_token and not self.weights
+        return self.token_loss and not self.weights
 
     def train(self, mode: bool = True) -> Distiller:
         """Train mode for the projections only; the teacher stays in eval mode (no dropout)."""
@@ -175,10 +176,10 @@ class Distiller(nn.Module):
             return kd_objective(
                 logits.float(), teacher_logits, labels, cfg.alpha, cfg.kd_temperature, cfg.soft_loss, token_mask
             )
-        if self.per_token:  # normalised by the labelled tokens of the whole accumulated batch when known
+        if self.token_loss:  # normalised by the labelled tokens of the whole accumulated batch when known
             items = num_items if self.normalises_by_items else None
             return self.kd_term(logits.float(), teacher_logits, labels, num_items=items)
-        return self.kd_term(logits.float(), teacher_logits, labels)
+        return self.kd_term(logits.float(), teacher_logits, labels)  # per example (classes, or QA's spans)
 
     def compute(
         self,

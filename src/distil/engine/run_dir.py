@@ -74,6 +74,9 @@ def write_config(ctx: Context) -> None:
 
 
 def save_stage_model(ctx: Context, stage: str, model, history: dict) -> Path:
+    settings = getattr(ctx.task, "model_settings", None)  # what serving must repeat (QA's windows)
+    if settings is not None and hasattr(model, "config"):
+        model.config.update(settings())
     with atomic_dir(ctx.stage_dir(stage), overwrite=True) as tmp:
         model.save_pretrained(tmp)
         ctx.tokenizer_of(stage).save_pretrained(tmp)  # every saved model (the LSTM too) carries the tokenizer it reads

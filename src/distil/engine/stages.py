@@ -178,10 +178,10 @@ def _fit(
         train_dataset=train_dataset,
         eval_dataset=ctx.dataset("validation", student),
         data_collator=ctx.collator(student=student),
-        compute_metrics=metrics_for(ctx.task, ctx.data.label_names),
+        compute_metrics=metrics_for(ctx.task, ctx.data.label_names, ctx.dataset("validation", student)),
         distiller=distiller,
         group_by_length=train_cfg.group_by_length,
-        per_token=ctx.task.per_token,
+        task=ctx.task,
         callbacks=callbacks,
     )
     checkpoints = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if work.exists() else []

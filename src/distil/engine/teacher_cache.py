@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from distil.io import atomic_dir, sha256_file, write_json
-from distil.models.inference import longest_first_batches
+from distil.models.inference import logits_of, longest_first_batches
 from distil.models.loading import vocabulary_fingerprint
 
 FORMAT_VERSION = 2
@@ -320,14 +320,8 @@ class SoftLabelCache:
         return SoftLabels(arrays, key, "built" if status == "miss" else f"rebuilt ({status})", path)
 
 
-def read_logits(outputs) -> torch.Tensor:
-    """The ``logits`` of a model output (HF ModelOutput, dict or plain tensor): the default signal reader."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    return outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-
-
-DEFAULT_SIGNALS: dict[str, SignalReader] = {"logits": read_logits}
+DEFAULT_SIGNALS: dict[str, SignalReader] = {"logits": logits_of}
+"""The default signal: the model's logits (`distil.models.inference.logits_of`; a span head's start/end stacked)."""
 
 
 def _as_stored(values: torch.Tensor) -> np.ndarray:
@@ -388,7 +382,7 @@ def teacher_logits_to(
             ``attention_mask[i].sum()`` = ``dataset["length"][i]`` = L_i positions, stored flat
             (sum_i L_i, *shape) with offsets (N + 1,), in one pass in row-index order.
         signals: name -> ``read(outputs)`` -> (B, *shape), or (B, T, *shape) with ``per_token``; default
-            ``{"logits": read_logits}``. Floating signals are stored as float32, integer ones as int64.
+            ``{"logits": logits_of}``. Floating signals are stored as float32, integer ones as int64.
 
     Returns:
         {name: RowArray} of the memory-mapped arrays written.
@@ -442,7 +436,7 @@ def soft_labels_for(
         teacher_hash: a precomputed `hash_model` of the teacher (computed when None).
         per_token: store every signal per token (see `teacher_logits_to`); part of the key.
         task: the task's name, part of the key.
-        signals: name -> reader of the teacher's output (default ``{"logits": read_logits}``); names and kinds
+        signals: name -> reader of the teacher's output (default ``{"logits": logits_of}``); names and kinds
             are part of the key.
     """
     settings = {

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Sampler
 from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from distil.config import TrainConfig
+from distil.config import LossConfig, TrainConfig
 from distil.engine.distiller import Distiller, logits_of, split_inputs
 from distil.errors import DistilError
 from distil.tasks import ClassificationTask, Task
@@ -51,20 +50,23 @@ class DistillationTrainer(Trainer):
         *args,
         distiller: Distiller | None = None,
         group_by_length: bool = True,
-        per_token: bool = False,
+        task: Task | None = None,
         **kwargs,
     ):
-        kwargs.setdefault("compute_metrics", accuracy_metrics)  # best-on-validation is chosen by accuracy
+        task = task or ClassificationTask()
+        kwargs.setdefault("compute_metrics", metrics_for(task))  # best-on-validation is chosen by its metric
         super().__init__(*args, **kwargs)
         if distiller is not None:  # the teacher and the trainable loss modules (projections) follow the student
             distiller.to(self.args.device)
         self.distiller = distiller
         self.group_by_length = group_by_length
+        # Without a distiller (the teacher, the baseline) the loss is the task's own on the labels alone.
+        self.label_loss = task.kd_term(LossConfig(alpha=1.0))
         # A per-example loss is a per-batch mean: the Trainer divides it by the accumulation steps. A per-token loss
         # is normalised by the labelled tokens of the whole accumulated batch (num_items_in_batch), which the
         # Trainer counts only when the model "accepts loss kwargs", and then does not divide again.
-        self.per_token = per_token
-        self.model_accepts_loss_kwargs = per_token
+        self.per_token = task.token_loss
+        self.model_accepts_loss_kwargs = self.per_token
         self._parts: dict[str, list[float]] = defaultdict(list)
 
     def create_optimizer(self, *args, **kwargs):
@@ -94,14 +96,12 @@ class DistillationTrainer(Trainer):
             if self.per_token and not self.distiller.normalises_by_items:
                 loss = loss / self.current_gradient_accumulation_steps  # the Trainer does not, for per-token runs
         else:
-            logits = logits_of(model(**split_inputs(inputs)[0]))  # (B, C) or per token (B, L, C)
-            flat_logits, flat_labels = logits.float().flatten(0, -2), labels.flatten()  # (B*L, C), (B*L,) per token
-            if self.per_token and num_items_in_batch is not None and model.training:
-                loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum")
-                loss = loss / max(int(num_items_in_batch), 1)  # the accumulated batch's per-token mean
+            logits = logits_of(model(**split_inputs(inputs)[0]))  # (B, C), per token (B, L, C), spans (B, L, 2)
+            if self.per_token:  # the accumulated batch's per-token mean in training
+                items = num_items_in_batch if model.training else None
+                loss, parts = self.label_loss(logits.float(), None, labels, num_items=items)
             else:
-                loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
-            parts = {"ce": loss}
+                loss, parts = self.label_loss(logits.float(), None, labels)
         if not torch.isfinite(loss):
             raise DistilError(
                 f"training loss is {loss.item()} at step {self.state.global_step + 1} "
@@ -129,14 +129,24 @@ def _items(num_items_in_batch) -> dict:
     return {} if num_items_in_batch is None else {"num_items": int(num_items_in_batch)}
 
 
-def metrics_for(task: Task, label_names=None) -> Callable[[EvalPrediction], dict[str, float]]:
-    """The Trainer's ``compute_metrics`` for ``task``: its metrics of the raw predictions on validation."""
+def metrics_for(task: Task, label_names=None, dataset=None) -> Callable[[EvalPrediction], dict[str, float]]:
+    """The Trainer's ``compute_metrics`` for ``task``: its metrics of the raw predictions on validation.
+
+    With ``dataset`` (the evaluation dataset, in the Trainer's row order) the gold side is ``task.gold(dataset)``,
+    read once: what a task needs beyond the label ids (question answering: the windows' examples, offsets and
+    answer texts); without it, the label ids the Trainer collected.
+    """
+    gold: list = []
 
     def compute(eval_pred: EvalPrediction) -> dict[str, float]:
         predictions = eval_pred.predictions
         if isinstance(predictions, tuple):
             predictions = predictions[0]
-        return task.metrics(np.asarray(predictions), np.asarray(eval_pred.label_ids), label_names)
+        if dataset is None:
+            return task.metrics(np.asarray(predictions), np.asarray(eval_pred.label_ids), label_names)
+        if not gold:
+            gold.append(task.gold(dataset))
+        return task.metrics(np.asarray(predictions), gold[0], label_names)
 
     return compute
 

@@ -24,13 +24,23 @@ def split_inputs(inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     return student, (teacher or student)
 
 
+SPAN_LOGITS = ("start_logits", "end_logits")
+"""The two outputs of an extractive question-answering head (``AutoModelForQuestionAnswering``)."""
+
+
 def logits_of(outputs) -> torch.Tensor:
-    """Logits from an HF ModelOutput, a dict, or a plain tensor (any-PyTorch-model students)."""
+    """Logits from an HF ModelOutput, a dict, or a plain tensor (any-PyTorch-model students).
+
+    A span head's ``start_logits`` and ``end_logits`` (B, L) each come back stacked as one (B, L, 2) tensor, so a
+    question-answering model's output is per-token logits like a tagger's: cached, padded and exported alike.
+    """
     if isinstance(outputs, torch.Tensor):
         return outputs
-    if isinstance(outputs, dict):
-        return outputs["logits"]
-    return outputs.logits
+    if not isinstance(outputs, dict):  # ModelOutput is a dict; other objects carry .logits
+        return outputs.logits
+    if outputs.get("logits") is None and all(outputs.get(k) is not None for k in SPAN_LOGITS):
+        return torch.stack([outputs[k] for k in SPAN_LOGITS], dim=-1)  # (B, L, 2)
+    return outputs["logits"]
 
 
 def longest_first_batches(

@@ -8,11 +8,13 @@ from __future__ import annotations
 from distil.errors import DistilError
 from distil.tasks.base import Task
 from distil.tasks.classification import ClassificationTask
+from distil.tasks.question_answering import QuestionAnsweringTask
 from distil.tasks.token_classification import TokenClassificationTask
 
 TASKS: dict[str, type] = {
     ClassificationTask.name: ClassificationTask,
     TokenClassificationTask.name: TokenClassificationTask,
+    QuestionAnsweringTask.name: QuestionAnsweringTask,
 }
 
 
@@ -30,6 +32,8 @@ def get_task(name: str, **options) -> Task:
 def task_for_model(config: dict) -> Task:
     """The task a saved model serves, from its config.json (``architectures``; a distil LSTM's ``per_token``)."""
     names = config.get("architectures") or []
+    if any(str(n).endswith("ForQuestionAnswering") for n in names):
+        return QuestionAnsweringTask(**config.get("distil_qa", {}))
     if any(str(n).endswith("ForTokenClassification") for n in names) or config.get("per_token"):
         return TokenClassificationTask()
     return ClassificationTask()
@@ -37,8 +41,19 @@ def task_for_model(config: dict) -> Task:
 
 def task_of(cfg) -> Task:
     """The task of a `distil.config.RunConfig`, with the options its config sets."""
+    if cfg.task == QuestionAnsweringTask.name:
+        return QuestionAnsweringTask.from_data_config(cfg.data)
     options = {"label_all_tokens": cfg.data.label_all_tokens} if cfg.task == TokenClassificationTask.name else {}
     return get_task(cfg.task, **options)
 
 
-__all__ = ["TASKS", "ClassificationTask", "Task", "TokenClassificationTask", "get_task", "task_for_model", "task_of"]
+__all__ = [
+    "TASKS",
+    "ClassificationTask",
+    "QuestionAnsweringTask",
+    "Task",
+    "TokenClassificationTask",
+    "get_task",
+    "task_for_model",
+    "task_of",
+]

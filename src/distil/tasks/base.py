@@ -49,10 +49,14 @@ class Task(Protocol):
     """Per-row arrays the teacher writes, by name, with symbolic per-row shapes (e.g. {"logits": ("C",)})."""
     per_token: ClassVar[bool]
     """True when the logits are per token ((L, C) per row): cached flat, padded to the batch per lookup."""
+    token_loss: ClassVar[bool]
+    """True when the KD term is a mean over labelled tokens (normalised by the accumulated batch's count); False
+    when it is a mean over rows (examples, or QA's windows)."""
 
     # 4. KD term
     def kd_term(self, loss: LossConfig) -> nn.Module:
-        """The module ``(student_logits, teacher_logits, labels) -> (loss, parts)`` of this task."""
+        """The module ``(student_logits, teacher_logits, labels) -> (loss, parts)`` of this task; with
+        ``teacher_logits=None`` the loss on the labels alone (the teacher's and the baseline's training loss)."""
         ...
 
     # 5. metric

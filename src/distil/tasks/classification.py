@@ -42,6 +42,7 @@ class ClassificationTask:
     # 3. teacher signal -----------------------------------------------------------------------------------------
     signal_shapes: ClassVar[dict[str, tuple[str, ...]]] = {"logits": ("C",)}
     per_token: ClassVar[bool] = False
+    token_loss: ClassVar[bool] = False
 
     # 4. KD term ------------------------------------------------------------------------------------------------
     def kd_term(self, loss: LossConfig) -> nn.Module:

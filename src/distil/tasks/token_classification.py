@@ -68,6 +68,7 @@ class TokenClassificationTask:
     # 3. teacher signal -----------------------------------------------------------------------------------------
     signal_shapes: ClassVar[dict[str, tuple[str, ...]]] = {"logits": ("L", "C")}
     per_token: ClassVar[bool] = True
+    token_loss: ClassVar[bool] = True
 
     # 4. KD term ------------------------------------------------------------------------------------------------
     def kd_term(self, loss: LossConfig) -> nn.Module:
