@@ -14,13 +14,14 @@ from pathlib import Path
 
 from distil.config import LossConfig, RunConfig, flag_specs, load_config, parse_flag_value, run_flag_specs, set_dotted
 from distil.deploy.export_cli import add_export_parser, run_export_args
-from distil.deploy.predict import predict_texts
+from distil.deploy.serving import load_student
 from distil.engine import stages as pipeline
 from distil.engine.inspect import inspect_main
 from distil.errors import DistilError
 from distil.io import write_json
 from distil.models.packaged import resolve_model
 from distil.report.report import run_eval
+from distil.tasks import QuestionAnsweringTask
 
 CONFIG_COMMANDS = {
     "run": "every stage: teacher -> soft labels -> student (+ baseline) -> evaluation and report",
@@ -67,13 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_parser(sub)
     p = sub.add_parser(
-        "predict", help="classify texts (or tag their entities) with a saved model (arguments, a file, or stdin)"
+        "predict",
+        help="classify texts, tag their entities, or answer questions with a saved model (arguments, a file, stdin)",
     )
     p.add_argument("model", help="a saved model directory (student/, teacher/, an export)")
     p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--file", help="a text file with one example per line")
+    p.add_argument("--file", help="one text per line; a QA model: JSON lines with question and context")
+    p.add_argument("--question", help="a QA model: the question (with --context)")
+    p.add_argument("--context", help="a QA model: the text holding the answer (with --question)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=None, help="tokens per input (default 128; QA: as trained)")
     p.add_argument("--json", action="store_true", help="print one JSON object per line")
     return parser
 
@@ -144,16 +148,23 @@ def _predict(args: argparse.Namespace) -> int:
     import json
 
     texts = list(args.texts)
+    lines = []
     if args.file:
         path = Path(args.file)
         if not path.is_file():
             raise DistilError(f"--file '{args.file}' does not exist")
-        texts += [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not texts and not sys.stdin.isatty():
-        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        lines = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif not texts and args.question is None and not sys.stdin.isatty():
+        lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    predictor = load_student(args.model)
+    if isinstance(predictor.task, QuestionAnsweringTask):
+        return _answer(predictor, args, lines, json)
+    if args.question is not None or args.context is not None:
+        raise DistilError(f"--question/--context: '{args.model}' is not a question-answering model; pass texts")
+    texts += lines
     if not texts:
         raise DistilError("predict: no texts given; pass them as arguments, with --file, or on stdin")
-    for text, result in zip(texts, predict_texts(args.model, texts, args.batch_size, args.max_length)):
+    for text, result in zip(texts, predictor.predict(texts, batch_size=args.batch_size, max_length=args.max_length)):
         if args.json:
             print(json.dumps({"text": text, **result}))
         elif "entities" in result:  # a token classifier: the text, then one line per entity
@@ -162,6 +173,30 @@ def _predict(args: argparse.Namespace) -> int:
                 print(f"  {e['type']}\t{e['start']}-{e['end']}\t{e['score']:.4f}\t{e['text']}")
         else:
             print(f"{result['label']}\t{result['score']:.4f}\t{text}")
+    return 0
+
+
+def _answer(predictor, args: argparse.Namespace, lines: list[str], json) -> int:
+    """`distil predict` of a QA model: --question/--context, or JSON lines of {"question", "context"}."""
+    if (args.question is None) != (args.context is None):
+        raise DistilError("--question and --context: a QA model needs both (or JSON lines with --file / stdin)")
+    items = [{"question": args.question, "context": args.context}] if args.question is not None else []
+    for number, line in enumerate(lines, 1):
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            item = None
+        if not (isinstance(item, dict) and all(isinstance(item.get(k), str) for k in ("question", "context"))):
+            where = args.file or "stdin"
+            raise DistilError(f"{where} line {number}: expected a JSON object with string 'question' and 'context'")
+        items.append(item)
+    if not items or args.texts:
+        raise DistilError("predict: a QA model reads --question Q --context C, or JSON lines of question/context")
+    for item, result in zip(items, predictor.predict(items, batch_size=args.batch_size, max_length=args.max_length)):
+        if args.json:
+            print(json.dumps({**{k: item[k] for k in ("id", "question") if k in item}, **result}))
+        else:
+            print(f"{result['answer']}\t{result['start']}-{result['end']}\t{result['score']:.4f}\t{item['question']}")
     return 0
 
 

@@ -88,10 +88,12 @@ class Predictor:
             out[idx] = self._run(self._encode([items[i] for i in idx], max_length))  # (B, C)
         return out
 
-    def predict(self, texts: Texts, batch_size: int = 32, max_length: int = 128) -> list[dict]:
+    def predict(self, texts: Texts, batch_size: int = 32, max_length: int | None = None) -> list[dict]:
         """One dict per text. Classification: {"label": top class, "score": its probability, "probs": {label: p}}.
         Token classification: {"entities": [{"type", "text", "start", "end", "score"}, ...]} with character
-        offsets into the text (each word's tag read from its first word piece)."""
+        offsets into the text (each word's tag read from its first word piece). Question answering (``texts``:
+        (question, context) pairs or {"question", "context"} dicts): {"answer", "start", "end", "score"}.
+        ``max_length``: tokens per input (None: 128, or the window a QA model was trained with)."""
         return self.task.serve(self, texts, batch_size, max_length)
 
     def token_logits(self, columns: dict, batch_size: int = 32) -> np.ndarray:

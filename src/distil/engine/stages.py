@@ -125,6 +125,11 @@ class Context:
         if s.init == "pretrained":
             own = load_tokenizer(resolve_model(s.pretrained))
             if not check_same_vocabulary(self.tokenizer, own, allow_different=s.allow_different_vocab):
+                if getattr(self.task, "one_tokenizer", False):  # rows are windows cut per tokenizer (QA)
+                    raise DistilError(
+                        f"student.pretrained '{s.pretrained}': its tokenizer differs from the teacher's, and a "
+                        f"{self.task.name} run cuts rows per tokenizer; use a student with the teacher's vocabulary"
+                    )
                 self.student_tokenizer = own
                 print(f"student tokenizer ({s.pretrained}) differs from the teacher's: each reads its own tokens")
         self.data = self.task.prepare(self.cfg.data)
@@ -137,7 +142,8 @@ class Context:
         print(
             f"data: {self.cfg.data.source}: {sizes}; labels {self.data.label_names}"
             + (f"; skipped empty rows: {skipped}" if skipped else "")
-            + (f"; truncated to {max_len} tokens: {self.truncated()}" if self.truncated() else "")
+            + (f"; dropped while reading: {self.data.dropped}" if self.data.dropped else "")
+            + (f"; cut to max_length {max_len} (QA: questions): {self.truncated()}" if self.truncated() else "")
         )
 
 

@@ -76,6 +76,7 @@ def run_eval(ctx) -> dict:
             "splits": {k: len(v) for k, v in ctx.data.splits.items()},
             "labels": ctx.data.label_names,
             "skipped_empty_rows": ctx.data.skipped_empty,
+            "dropped": ctx.data.dropped,
             "truncated": ctx.truncated(),
             "extra_test_sets": {k: len(v) for k, v in ctx.data.extra_tests.items()},
         },
@@ -261,6 +262,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"Data: `{report['data']['source']}` {report['data']['splits']}, labels {report['data']['labels']}"
         + (f"; truncated to max_length: {report['data']['truncated']}" if report["data"].get("truncated") else "")
+        + (f"; dropped while reading: {report['data']['dropped']}" if report["data"].get("dropped") else "")
         + ".",
         f"Teacher: `{report['teacher_source']}`. Student: {report['student_init']}. Loss: {report['loss']}.",
         "",

@@ -75,7 +75,7 @@ class ClassificationTask:
     def serve(self, predictor, texts, batch_size: int, max_length: int) -> list[dict]:
         """`distil predict`'s answer per text (or text pair), from any variant (`distil.deploy.serving.Predictor`)."""
         return self.postprocess(
-            predictor.logits(texts, batch_size=batch_size, max_length=max_length), predictor.labels
+            predictor.logits(texts, batch_size=batch_size, max_length=max_length or 128), predictor.labels
         )
 
     def test_evaluator(self, data_cfg: DataConfig, model_labels: list[str], batch_size: int) -> tuple:

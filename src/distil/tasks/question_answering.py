@@ -35,19 +35,22 @@ class QuestionAnsweringTask:
     """(question, context) -> the answer's character span in the context (SQuAD v1.1: every question has one)."""
 
     name: ClassVar[str] = "question-answering"
+    one_tokenizer: ClassVar[bool] = True
+    """Teacher and student read the same windows, so they must share a tokenizer (windows are cut per tokenizer)."""
 
-    def __init__(self, doc_stride: int = 128, max_question_length: int = 64, max_answer_length: int = 30):
-        self.doc_stride, self.max_question_length = doc_stride, max_question_length
+    def __init__(self, doc_stride: int = 128, max_question_length: int = 64, max_answer_length: int = 30,
+                 max_length: int = 384):  # fmt: skip
+        self.doc_stride, self.max_question_length, self.max_length = doc_stride, max_question_length, max_length
         self.max_answer_length = max_answer_length
         self.truncated: dict[str, int] = {}
 
     @classmethod
     def from_data_config(cls, cfg: DataConfig) -> QuestionAnsweringTask:
-        return cls(cfg.doc_stride, cfg.max_question_length, cfg.max_answer_length)
+        return cls(cfg.doc_stride, cfg.max_question_length, cfg.max_answer_length, cfg.max_length)
 
     def model_settings(self) -> dict:
         """Saved in a model's config.json (``distil_qa``) so serving windows and picks spans as training did."""
-        keys = ("doc_stride", "max_question_length", "max_answer_length")
+        keys = ("doc_stride", "max_question_length", "max_answer_length", "max_length")
         return {"distil_qa": {k: getattr(self, k) for k in keys}}
 
     # 1. data ---------------------------------------------------------------------------------------------------
@@ -119,6 +122,7 @@ class QuestionAnsweringTask:
         import pandas as pd
 
         pairs = _question_context_pairs(texts)
+        max_length = max_length or self.max_length
         if predictor.max_positions:
             max_length = min(max_length, predictor.max_positions)
         frame = pd.DataFrame({"question": [q for q, _ in pairs], "context": [c for _, c in pairs]})

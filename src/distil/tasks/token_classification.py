@@ -121,6 +121,7 @@ class TokenClassificationTask:
         each word's tag is read from its first word piece (`distil.deploy.serving.Predictor` runs any variant)."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise DistilError("texts: a token classifier reads a list of single texts (wrap one text as [text])")
+        max_length = max_length or 128
         if predictor.max_positions:
             max_length = min(max_length, predictor.max_positions)
         out = []

@@ -1,0 +1,97 @@
+"""Question answering end to end through the real CLI on a few hundred real SQuAD questions and a tiny teacher:
+teacher -> per-window start/end soft labels -> student + baseline -> EM/F1 report in and out of domain; then
+predict and export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import small_run_flags
+
+from distil.cli import main
+from distil.data.squad import SQUAD_FILES, squad_dir
+
+pytestmark = pytest.mark.skipif(
+    not all((squad_dir() / f).is_file() for f in SQUAD_FILES.values()),
+    reason="built-in SQuAD files missing (scripts/setup.sh extracts them)",
+)
+
+QA_FLAGS = [
+    "--data.max_length", "64", "--data.doc_stride", "16", "--data.max_question_length", "16",
+    "--data.max_train_samples", "200", "--data.max_eval_samples", "40", "--data.max_extra_test_samples", "30",
+    "--teacher.train.epochs", "1", "--distill.epochs", "1", "--teacher.train.learning_rate", "0.003",
+    "--distill.learning_rate", "0.003", "--eval.latency_repeats", "1", "--eval.latency_batch_sizes", "[1]",
+]  # fmt: skip
+
+
+def _flags(out, cache) -> list[str]:
+    flags = small_run_flags(out, cache)
+    for key in ("--data.max_train_samples", "--data.max_eval_samples", "--data.max_length"):
+        i = flags.index(key)
+        del flags[i : i + 2]
+    return flags + QA_FLAGS
+
+
+@pytest.fixture(scope="module")
+def qa_run(tmp_path_factory, _tiny_bert_session, tokenizer):
+    root = tmp_path_factory.mktemp("qa")
+    teacher = root / "tiny-teacher"
+    _tiny_bert_session.save_pretrained(teacher)  # a sequence classifier: the run puts a span head on it
+    tokenizer.save_pretrained(teacher)
+    out = root / "run"
+    assert main(["run", "qa", "--teacher.model", str(teacher), *_flags(out, root / "cache")]) == 0
+    return out
+
+
+def test_the_report_holds_squad_em_and_f1_in_and_out_of_domain(qa_run):
+    report = json.loads((qa_run / "report.json").read_text())
+    assert report["task"]["name"] == "question-answering" and report["task"]["metric"] == "f1"
+    assert report["data"]["splits"] == {"train": 200, "validation": 40, "test": 40}
+    assert report["data"]["extra_test_sets"] == {"nyt": 30, "reddit": 30, "amazon": 30}
+    assert report["data"]["dropped"]["amazon"]["answers_offset_mismatch"] == 947  # counted on the whole set
+    for role in ("teacher", "student", "baseline"):
+        for split in ("test", "nyt", "reddit", "amazon"):
+            scores = report["models"][role][split]
+            assert set(scores) == {"f1", "exact_match"} and 0.0 <= scores["exact_match"] <= scores["f1"] <= 1.0
+    paired = report["paired"]["test"]
+    assert paired["a_only"] + paired["b_only"] <= 40  # one unit per question, not per window
+    md = (qa_run / "report.md").read_text()
+    assert md.count("| model | F1 | EM | of teacher |") == 1 and "dropped while reading" in md
+    assert "questions (exact match) only one of the two gets right" in md
+    soft = json.loads((qa_run / "soft_labels.json").read_text())
+    assert soft["shape"][1] == 2  # flat (sum of window lengths, start/end)
+    saved = json.loads((qa_run / "student" / "config.json").read_text())
+    assert saved["distil_qa"] == {"doc_stride": 16, "max_question_length": 16, "max_answer_length": 30,
+                                  "max_length": 64}  # fmt: skip
+
+
+def test_predict_answers_with_a_span_of_the_context(qa_run, capsys):
+    context = "The Eiffel Tower was completed in 1889 in Paris. It is 330 metres tall."
+    assert main(["predict", str(qa_run / "student"), "--question", "When?", "--context", context, "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["question"] == "When?" and 0 <= line["start"] < line["end"] <= len(context)
+    assert context[line["start"] : line["end"]] == line["answer"] and 0.0 < line["score"] <= 1.0
+
+
+def test_predict_refuses_half_a_question(qa_run, capsys):
+    assert main(["predict", str(qa_run / "student"), "--question", "When?"]) == 2
+    assert "--question and --context" in capsys.readouterr().err
+
+
+def test_export_checks_onnx_and_scores_squad_f1_on_the_test_split(qa_run, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert main(["export", str(qa_run / "student"), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "40 test questions" in printed
+    figures = json.loads((out / "export.json").read_text())
+    variants = figures.get("variants", figures)
+    hf = variants["hf"]
+    report = json.loads((qa_run / "report.json").read_text())
+    assert hf["f1"] == pytest.approx(report["models"]["student"]["test"]["f1"], abs=1e-6)
+    assert variants["onnx"]["f1"] == pytest.approx(hf["f1"], abs=0.03)
+    from distil.deploy.serving import load_student
+
+    pair = [("When was it completed?", "The Eiffel Tower was completed in 1889 in Paris.")]
+    onnx, torch_out = load_student(out / "onnx").predict(pair)[0], load_student(qa_run / "student").predict(pair)[0]
+    assert onnx["answer"] == torch_out["answer"]
