@@ -95,3 +95,31 @@ def test_export_checks_onnx_and_scores_squad_f1_on_the_test_split(qa_run, tmp_pa
     pair = [("When was it completed?", "The Eiffel Tower was completed in 1889 in Paris.")]
     onnx, torch_out = load_student(out / "onnx").predict(pair)[0], load_student(qa_run / "student").predict(pair)[0]
     assert onnx["answer"] == torch_out["answer"]
+
+
+def test_tinybert_recipe_runs_on_question_answering(tmp_path, _tiny_bert_session, tokenizer):
+    teacher = tmp_path / "teacher"
+    _tiny_bert_session.save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    out = tmp_path / "run"
+    flags = _flags(out, tmp_path / "cache")
+    flags[flags.index("--data.max_train_samples") + 1] = "64"
+    flags[flags.index("--data.max_eval_samples") + 1] = "16"
+    args = ["run", "tinybert", "--task", "question-answering", "--data.source", "squad",
+            "--data.extra_test_sets", "[]", "--teacher.model", str(teacher), *flags, "--baseline", "false",
+            "--student.hidden_size", "32", "--student.num_attention_heads", "4", "--student.intermediate_size", "64",
+            "--general_data.max_rows", "64", "--augment.num_variants", "1"]  # fmt: skip
+    assert main(args) == 0
+    history = json.loads((out / "student" / "training_history.json").read_text())
+    assert [s["name"] for s in history["stages"]] == ["general", "task-intermediate", "task-prediction"]
+    augmented = history["stages"][1]
+    assert augmented["data"] == "train_augmented" and augmented["train_rows"] > 64  # windows of questions + variants
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"]["name"] == "question-answering" and "f1" in report["models"]["student"]["test"]
+
+
+def test_a_window_without_room_for_the_context_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "qa", "--output_dir", str(out), "--data.doc_stride", "250"]) == 2
+    assert "data.doc_stride=250: must be in 0..204" in capsys.readouterr().err
+    assert not out.exists()

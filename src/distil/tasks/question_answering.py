@@ -22,7 +22,16 @@ from transformers import AutoModelForQuestionAnswering
 from distil.config import DataConfig, LossConfig
 from distil.data.prepare import TaskData
 from distil.data.squad import prepare_qa_data
-from distil.data.windows import END, START, SpanGold, answer_texts, best_spans, span_gold, tokenize_windows
+from distil.data.windows import (
+    END,
+    START,
+    SpanGold,
+    answer_texts,
+    best_spans,
+    check_window_room,
+    span_gold,
+    tokenize_windows,
+)
 from distil.errors import DistilError
 from distil.losses.logits import IGNORE_INDEX, kd_objective
 
@@ -56,7 +65,8 @@ class QuestionAnsweringTask:
     # 1. data ---------------------------------------------------------------------------------------------------
     def prepare(self, cfg: DataConfig) -> TaskData:
         """Questions with columns id, title, context, question (= text), answer_texts, answer_starts; split by
-        article (`distil.data.squad`)."""
+        article (`distil.data.squad`); the window settings are checked first."""
+        check_window_room(cfg.max_length, cfg.doc_stride, cfg.max_question_length)
         return prepare_qa_data(cfg)
 
     def tokenize(self, frame, tokenizer, max_length: int, name: str = ""):
