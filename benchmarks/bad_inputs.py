@@ -27,6 +27,13 @@ def _csv(path: Path, rows: list[tuple[str, str]], encoding: str = "utf-8") -> st
     return str(path)
 
 
+def _squad(path: Path, context: str) -> str:
+    """A SQuAD v1.1 file of one article whose first paragraph has ``context``."""
+    qas = [{"id": "q1", "question": "What?", "answers": [{"text": "x", "answer_start": 0}]}]
+    path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": context, "qas": qas}]}]}))
+    return str(path)
+
+
 def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
     """(what the user did, distil arguments, folder to list afterwards)."""
     words = ["good", "bad", "fine", "dull", "great", "awful", "nice", "poor"]
@@ -103,6 +110,17 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
         ("teacher dir without model.safetensors", ["run", "--teacher.model", str(bare), *run("bare")], None),
         ("predict on a decoy dir (x.safetensors + pytorch_model.bin)", ["predict", str(decoy), "a fine film"], None),
         ("export a decoy dir", ["export", str(decoy), str(tmp / "exported")], None),
+        ("QA: --data.doc_stride 300 (window 256)", ["run", "qa", "--data.doc_stride", "300", *run("stride")], None),
+        (
+            "QA: a SQuAD file with an empty context",
+            ["run", "qa", "--data.source", _squad(tmp / "empty.json", ""), *run("emptyctx")],
+            tmp / "emptyctx",
+        ),  # fmt: skip
+        (
+            "QA: a student with another tokenizer (MPNet vocabulary)",
+            ["run", "qa", "--student.init", "pretrained", "--student.pretrained", "all-mpnet-base-v2", *run("tok")],
+            tmp / "tok",
+        ),  # fmt: skip
         (
             "--distill.learning_rate 2e-5 --distill.epochs abc",
             ["run", "--distill.learning_rate", "2e-5", "--distill.epochs", "abc", *run("sci")],

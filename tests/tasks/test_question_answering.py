@@ -177,3 +177,35 @@ def test_a_qa_model_config_is_served_by_the_qa_task_with_its_windows():
     task = task_for_model({"architectures": ["BertForQuestionAnswering"], "distil_qa": {"doc_stride": 32}})
     assert isinstance(task, QuestionAnsweringTask) and task.doc_stride == 32
     assert task.per_token and not task.token_loss
+
+
+def test_span_mse_is_averaged_over_the_context_whatever_the_padding():
+    torch.manual_seed(2)
+    student, teacher = torch.randn(1, 6, 2), torch.randn(1, 6, 2)
+    labels = torch.tensor([[0, -100, 1, 0, 2, -100]])
+    loss = SpanKDLoss(alpha=0.0, kd_temperature=1.0, soft_loss="mse")
+    padded = (torch.cat([student, torch.zeros(1, 20, 2)], 1), torch.cat([teacher, torch.zeros(1, 20, 2)], 1),
+              torch.cat([labels, torch.full((1, 20), -100)], 1))  # fmt: skip
+    mask = labels[0] != -100
+    want = float(((student[0] - teacher[0])[mask] ** 2).mean())
+    assert float(loss(student, teacher, labels)[0]) == pytest.approx(want, rel=1e-5)
+    assert float(loss(*padded)[0]) == pytest.approx(want, rel=1e-5)
+
+
+def test_postprocess_gives_token_positions_and_metrics_refuse_bare_label_ids():
+    logits = np.full((1, 6, 2), -5.0, np.float32)
+    logits[0, 2, 0], logits[0, 3, 1] = 4.0, 4.0
+    task = QuestionAnsweringTask()
+    assert task.postprocess(logits, ["start", "end"])[0]["start_token"] == 2
+    assert task.postprocess(logits, ["start", "end"])[0]["end_token"] == 3
+    with pytest.raises(DistilError, match="need the windows' offsets"):
+        task.metrics(logits, np.zeros((1, 6), dtype=np.int64))
+
+
+def test_scoring_compares_with_every_gold_text_even_one_whose_offset_is_wrong(tokenizer):
+    frame = _frame("where?", CONTEXT, "Paris")
+    frame["gold_texts"] = [
+        ["Paris", "the city of Paris"]
+    ]  # the second one's offset did not match: scored, not trained
+    columns, _ = _windows(tokenizer, frame)
+    assert span_gold(columns).answers == [["Paris", "the city of Paris"]]

@@ -45,7 +45,9 @@ OUT_OF_DOMAIN = ("nyt", "reddit", "amazon")
 """The built-in ``squad``'s extra test sets unless data.extra_test_sets names others."""
 ARCHIVE_DIR = "bigbench/benchmark_tasks/squad_shifts"
 """Folder of the five files in the bigbench source archive, below its top folder ``bigbench-1.0.0``."""
-QA_COLUMNS = ["id", "title", "context", "question", "answer_texts", "answer_starts"]
+QA_COLUMNS = ["id", "title", "context", "question", "answer_texts", "answer_starts", "gold_texts"]
+"""answer_texts/answer_starts: the answers whose offsets match (the training labels); gold_texts: every answer text,
+as the official v1.1 script scores against all of them."""
 LABEL_NAMES = ["start", "end"]
 OFFSET_MISMATCH = "answers_offset_mismatch"
 NO_ANSWER = "questions_without_answer"
@@ -275,7 +277,8 @@ class _QuestionBuilder:
         if not kept_texts:
             self.dropped_questions += 1
             return
-        self.rows.append((qid, title, context, question, kept_texts, kept_starts))
+        gold = [t for t in texts if isinstance(t, str) and t.strip()]
+        self.rows.append((qid, title, context, question, kept_texts, kept_starts, gold))
 
     def frame(self) -> pd.DataFrame:
         out = pd.DataFrame(self.rows, columns=QA_COLUMNS)

@@ -36,13 +36,14 @@ def cut_questions(questions: Sequence[str], tokenizer, max_question_length: int)
     return out, cut
 
 
-def check_window_room(max_length: int, doc_stride: int, max_question_length: int) -> None:
-    """A window must leave the context more tokens than the stride: [CLS] question [SEP] context [SEP]."""
-    room = max_length - max_question_length - 3
+def check_window_room(max_length: int, doc_stride: int, max_question_length: int, special: int = 3) -> None:
+    """A window must leave the context more tokens than the stride: [CLS] question [SEP] context [SEP] (``special``
+    tokens: 3 for BERT, 4 for RoBERTa's ``<s> q </s></s> c </s>``)."""
+    room = max_length - max_question_length - special
     if room <= 0:
         raise DistilError(
             f"data.max_question_length={max_question_length}: leaves no context in a window of max_length "
-            f"{max_length}; lower it below {max_length - 3} or raise data.max_length"
+            f"{max_length}; lower it below {max_length - special} or raise data.max_length"
         )
     if not 0 <= doc_stride < room:
         raise DistilError(
@@ -66,11 +67,11 @@ def tokenize_windows(
         DistilError: the window leaves no room for the context (`check_window_room`), or the tokenizer is not a
             fast one (offsets are needed).
     """
-    check_window_room(max_length, doc_stride, max_question_length)
     if not getattr(tokenizer, "is_fast", False):
         raise DistilError(
             f"question answering needs a fast tokenizer (character offsets); {type(tokenizer).__name__} is not one"
         )
+    check_window_room(max_length, doc_stride, max_question_length, tokenizer.num_special_tokens_to_add(pair=True))
     column = "question" if "question" in frame else "text"
     questions, cut = cut_questions(frame[column].tolist(), tokenizer, max_question_length)
     contexts = [str(c) for c in frame["context"]]
@@ -79,6 +80,7 @@ def tokenize_windows(
     has_answers = "answer_starts" in frame
     texts = frame["answer_texts"].tolist() if has_answers else [[] for _ in contexts]
     starts = frame["answer_starts"].tolist() if has_answers else [[] for _ in contexts]
+    gold = frame["gold_texts"].tolist() if "gold_texts" in frame else texts  # what scoring compares with
     columns: dict[str, list] = {k: [] for k in ("input_ids", "attention_mask", "labels", "offsets", "example")}
     columns.update(context=[], answers=[])
     if "token_type_ids" in enc:
@@ -103,7 +105,7 @@ def tokenize_windows(
         columns["offsets"].append(offsets)
         columns["example"].append(int(example))
         columns["context"].append(contexts[example])
-        columns["answers"].append([str(t) for t in texts[example]])
+        columns["answers"].append([str(t) for t in gold[example]])
     columns["length"] = [len(ids) for ids in columns["input_ids"]]
     columns["idx"] = list(range(len(columns["input_ids"])))
     return columns, cut

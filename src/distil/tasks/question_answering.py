@@ -33,7 +33,7 @@ from distil.data.windows import (
     tokenize_windows,
 )
 from distil.errors import DistilError
-from distil.losses.logits import IGNORE_INDEX, kd_objective
+from distil.losses.logits import IGNORE_INDEX, as_constant, kd_objective, masked_mean
 
 MASKED = -1e4
 """Logit given to positions outside the context (and [CLS]) before the softmax over positions: exp(-1e4 / T) is 0
@@ -107,6 +107,11 @@ class QuestionAnsweringTask:
 
     def metrics(self, predictions: np.ndarray, gold: SpanGold, label_names: Sequence[str] | None = None) -> dict:
         """SQuAD v1.1 exact match and F1 (fractions) of the best span per question over its windows."""
+        if not isinstance(gold, SpanGold):
+            raise DistilError(
+                "question answering scores need the windows' offsets and answers: pass task.gold(dataset) (the "
+                "Trainer: compute_metrics=metrics_for(task, dataset=eval_dataset)), not bare label ids"
+            )
         predicted = self.answers(predictions, gold)
         scores = [squad_scores(p, g) for p, g in zip(predicted, gold.answers)]
         return {
@@ -164,9 +169,17 @@ class QuestionAnsweringTask:
         """Per window of ``logits`` (N, L, 2): the best (start, end) token pair of at most max_answer_length tokens
         over all its positions (without offsets there is no text: `serve` gives answers)."""
         logits = np.asarray(logits)
-        offsets = np.stack([np.arange(logits.shape[1])] * 2, -1)[None].repeat(len(logits), 0)  # token positions
+        positions = np.arange(logits.shape[1])
+        offsets = np.stack([positions, positions + 1], -1)[None].repeat(len(logits), 0)  # token i: "chars" i..i+1
         spans = best_spans(logits, offsets, np.arange(len(logits)), len(logits), self.max_answer_length)
-        return [{"start_token": s["start"], "end_token": s["end"] - 1, "score": s["probability"]} for s in spans]
+        return [
+            {
+                "start_token": s["start"],
+                "end_token": s["end"] - 1 if s["start"] >= 0 else -1,
+                "score": s["probability"],
+            }
+            for s in spans
+        ]
 
 
 def _question_context_pairs(texts) -> list[tuple[str, str]]:
@@ -226,7 +239,12 @@ class SpanKDLoss(nn.Module):
         for k, target in ((0, start), (1, end)):
             student = student_logits[..., k].float().masked_fill(~mask, MASKED)  # (B, L)
             teacher = None if teacher_logits is None else teacher_logits[..., k].float().masked_fill(~mask, MASKED)
-            total, part = kd_objective(student, teacher, target, self.alpha, self.kd_temperature, self.soft_loss)
+            if self.soft_loss == "mse" and teacher is not None:  # squared error averaged over the context only
+                _, part = kd_objective(student, None, target, 1.0, self.kd_temperature)
+                part["kd"] = masked_mean((student - as_constant(teacher)).pow(2), mask)
+                total = self.alpha * part["ce"] + (1 - self.alpha) * part["kd"]
+            else:
+                total, part = kd_objective(student, teacher, target, self.alpha, self.kd_temperature, self.soft_loss)
             totals.append(total)
             for name, value in part.items():
                 parts[name].append(value)

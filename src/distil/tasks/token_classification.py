@@ -225,6 +225,9 @@ class TokenKDLoss(nn.Module):
         self, student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, num_items: int | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         labelled = labels != IGNORE_INDEX  # (B, L)
+        if not labelled.any():  # a micro-batch without a labelled token adds nothing (its CE mean would be NaN)
+            zero = student_logits.float().sum() * 0.0
+            return zero, {"ce": zero} if teacher_logits is None else {"ce": zero, "kd": zero}
         total, parts = kd_objective(
             student_logits, teacher_logits, labels, self.alpha, self.kd_temperature, self.soft_loss, mask=labelled
         )
