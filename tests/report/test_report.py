@@ -56,3 +56,10 @@ def test_the_report_names_how_the_student_was_built_and_every_weight_in_use():
     assert _student_summary(cfg.student) == {"init": "pretrained", "pretrained": "x", "allow_different_vocab": False}
     loss = _loss_summary(cfg)
     assert loss["hidden_weight"] == 2.0 and loss["layer_map"] == "uniform" and "attention_weight" not in loss
+
+
+def test_latency_inputs_never_exceed_what_a_model_can_read(tiny_bert):
+    from distil.report.evaluate import latency_table
+
+    table = latency_table({"tiny": tiny_bert}, [1], seq_len=4096, repeats=1, rounds=1)  # 128 positions
+    assert table["tiny"][1] > 0

@@ -67,7 +67,8 @@ def _time_once(model, inputs: dict, repeats: int) -> float:
 def latency_table(
     models: dict[str, torch.nn.Module], batch_sizes: list[int], seq_len: int, repeats: int, rounds: int = 3
 ) -> dict[str, dict[int, float]]:
-    """Median CPU latency (ms) of each model at each batch size, fp32, inference_mode.
+    """Median CPU latency (ms) of each model at each batch size, fp32, inference_mode; inputs of ``seq_len``
+    tokens (at most a model's max_position_embeddings).
 
     The models are timed interleaved (A B C, A B C, ...) for ``rounds`` rounds and the median of the
     round medians is kept, so a slow stretch of the machine hits every model alike.
@@ -80,5 +81,6 @@ def latency_table(
                 cfg = getattr(model, "config", None)
                 vocab = getattr(cfg, "vocab_size", 30000)
                 takes_types = getattr(cfg, "type_vocab_size", 0) > 0 if cfg is not None else False
-                per_round[name][b].append(_time_once(model, _dummy_batch(vocab, b, seq_len, takes_types), repeats))
+                length = min(seq_len, getattr(cfg, "max_position_embeddings", None) or seq_len)  # what it can read
+                per_round[name][b].append(_time_once(model, _dummy_batch(vocab, b, length, takes_types), repeats))
     return {name: {b: statistics.median(v) for b, v in by_b.items()} for name, by_b in per_round.items()}
