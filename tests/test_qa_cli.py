@@ -123,3 +123,18 @@ def test_a_window_without_room_for_the_context_is_refused_before_anything_is_wri
     assert main(["run", "qa", "--output_dir", str(out), "--data.doc_stride", "250"]) == 2
     assert "data.doc_stride=250: must be in 0..204" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_student_with_another_tokenizer_is_refused_before_the_teacher_trains(tmp_path, capsys):
+    from transformers import BertTokenizerFast
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "paris"]) + "\n")
+    other = tmp_path / "other-tokenizer"
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(other)
+    out = tmp_path / "run"
+    args = ["run", "qa", "--output_dir", str(out), "--student.init", "pretrained", "--student.pretrained", str(other),
+            "--student.allow_different_vocab", "true"]  # fmt: skip
+    assert main(args) == 2
+    assert "cuts rows per tokenizer; use a student with the teacher's vocabulary" in capsys.readouterr().err
+    assert not out.exists()
