@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from distil.config import DataConfig
-from distil.data.prepare import TaskData
+from distil.data.prepare import TaskData, refuse_empty_splits
 from distil.data.sources import SPLIT_NAMES, _decode_error_message, load_source
 from distil.errors import DistilError
 
@@ -313,7 +313,7 @@ def _load_token_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[s
     if not isinstance(loaded, dict):
         frame, skipped["all"] = _clean(loaded, cfg.source, position, cfg.labels)
         splits = split_sentences(frame, fractions, cfg.split_seed)
-        _refuse_empty_splits(splits, fractions, len(frame), cfg.source)
+        refuse_empty_splits(splits, fractions, len(frame), cfg.source, "sentences")
         return splits, skipped, dict.fromkeys(SPLIT_NAMES, cfg.source)
     if "train" not in loaded:
         raise DistilError(f"data '{cfg.source}': splits {sorted(loaded)} have no 'train' split")
@@ -327,19 +327,8 @@ def _load_token_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[s
         n_sentences = len(splits["train"])
         splits.update(split_sentences(splits["train"], missing, cfg.split_seed))
         wheres.update(dict.fromkeys(missing, wheres["train"]))
-        _refuse_empty_splits(splits, missing, n_sentences, wheres["train"])
+        refuse_empty_splits(splits, missing, n_sentences, wheres["train"], "sentences")
     return splits, skipped, wheres
-
-
-def _refuse_empty_splits(splits: dict[str, pd.DataFrame], fractions: dict[str, float], n: int, where: str) -> None:
-    """Refuse a split carved by `split_sentences` that came out empty."""
-    for name in SPLIT_NAMES:
-        if len(splits[name]) == 0:
-            held_out = ", ".join(f"{k}_fraction {v:g}" for k, v in fractions.items())
-            fix = f"a larger data.{name}_fraction" if name in fractions else "smaller fractions"
-            raise DistilError(
-                f"data '{where}': the {name} split is empty ({n} sentences, {held_out}); give more sentences or {fix}"
-            )
 
 
 def _label_names(train: pd.DataFrame, labels: list[str] | None) -> list[str]:

@@ -151,7 +151,7 @@ def _load_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, in
     if not isinstance(loaded, dict):
         frame, skipped["all"] = _drop_empty(_select_columns(loaded, cfg, cfg.source), cfg, cfg.source)
         splits = stratified_split(frame, fractions, cfg.split_seed)
-        _refuse_empty_splits(splits, fractions, len(frame), cfg.source)
+        refuse_empty_splits(splits, fractions, len(frame), cfg.source)
         return splits, skipped
     if "train" not in loaded:
         raise DistilError(f"data '{cfg.source}': splits {sorted(loaded)} have no 'train' split")
@@ -164,17 +164,20 @@ def _load_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, in
     if missing:
         n_rows = len(splits["train"])
         splits.update(stratified_split(splits["train"], missing, cfg.split_seed))
-        _refuse_empty_splits(splits, missing, n_rows, f"{cfg.source}[train]")
+        refuse_empty_splits(splits, missing, n_rows, f"{cfg.source}[train]")
     return splits, skipped
 
 
-def _refuse_empty_splits(splits: dict[str, pd.DataFrame], fractions: dict[str, float], n_rows: int, where: str):
-    for name in SPLIT_NAMES:
+def refuse_empty_splits(
+    splits: dict[str, pd.DataFrame], fractions: dict[str, float], n: int, where: str, unit: str = "rows"
+) -> None:
+    """Refuse a split carved from ``n`` units (rows, sentences, articles) by ``fractions`` that came out empty."""
+    for name in [s for s in SPLIT_NAMES if s in splits]:
         if len(splits[name]) == 0:
             held_out = ", ".join(f"{k}_fraction {v:g}" for k, v in fractions.items())
             fix = f"a larger data.{name}_fraction" if name in fractions else "smaller fractions"
             raise DistilError(
-                f"data '{where}': the {name} split is empty ({n_rows} rows, {held_out}); give more rows or {fix}"
+                f"data '{where}': the {name} split is empty ({n} {unit}, {held_out}); give more {unit} or {fix}"
             )
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from distil.config import DataConfig
-from distil.data.prepare import TaskData, sample_rows
+from distil.data.prepare import TaskData, refuse_empty_splits, sample_rows
 from distil.data.sources import SPLIT_NAMES, _decode_error_message, distil_home, load_source
 from distil.errors import DistilError
 from distil.io import atomic_path
@@ -373,14 +373,7 @@ def split_articles(frame: pd.DataFrame, fractions: dict[str, float], seed: int) 
 def _carve(frame: pd.DataFrame, fractions: dict[str, float], cfg: DataConfig, where: str) -> dict[str, pd.DataFrame]:
     """`split_articles`, refusing a split that comes out empty."""
     splits = split_articles(frame, fractions, cfg.split_seed)
-    for name in splits:
-        if len(splits[name]) == 0:
-            held_out = ", ".join(f"{k}_fraction {v:g}" for k, v in fractions.items())
-            fix = f"a larger data.{name}_fraction" if name in fractions else "smaller fractions"
-            raise DistilError(
-                f"data '{where}': the {name} split is empty ({frame['title'].nunique()} articles, {held_out}); "
-                f"give more articles or {fix}"
-            )
+    refuse_empty_splits(splits, fractions, frame["title"].nunique(), where, "articles")
     return splits
 
 
