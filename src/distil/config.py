@@ -16,6 +16,7 @@ import yaml
 
 from distil.dataclass_io import ConfigError, flag_specs, from_dict, merge, parse_flag_value, set_dotted, to_dict
 from distil.errors import DistilError
+from distil.options import EmbeddingConfig
 
 __all__ = ["ConfigError", "flag_specs", "from_dict", "merge", "parse_flag_value", "set_dotted", "to_dict"]
 
@@ -436,9 +437,10 @@ class EvalConfig:
 class RunConfig:
     """A whole job: teacher -> soft labels -> student (distilled, and a baseline without teacher) -> report."""
 
-    task: Literal["classification", "token-classification", "question-answering"] = "classification"
+    task: Literal["classification", "token-classification", "question-answering", "embeddings"] = "classification"
     """The task family (distil.tasks.TASKS): classification (single texts or text pairs), token-classification
-    (named entities: one BIO tag per word), question-answering (extractive: an answer span of a context)."""
+    (named entities: one BIO tag per word), question-answering (extractive: an answer span of a context),
+    embeddings (a sentence encoder: one vector per text)."""
     output_dir: str = "runs/default"
     """Where the run writes teacher/, soft labels, student/, baseline/, report.*."""
     seed: int = 0
@@ -463,6 +465,7 @@ class RunConfig:
     general_data: GeneralDataConfig = field(default_factory=GeneralDataConfig)
     augment: AugmentationConfig = field(default_factory=AugmentationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
 
     @property
     def output_path(self) -> Path:
