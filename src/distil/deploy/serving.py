@@ -81,11 +81,14 @@ class Predictor:
             raise DistilError(f"batch_size={batch_size}, max_length={max_length}: both must be >= 1 (max_length >= 2)")
         if self.max_positions:
             max_length = min(max_length, self.max_positions)
-        out = np.zeros((len(items), len(self.labels)), dtype=np.float32)  # (N, C)
+        out = np.zeros((len(items), len(self.labels)), dtype=np.float32)  # (N, C); an encoder's: (N, D)
         order = sorted(range(len(items)), key=lambda i: _char_length(items[i]))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            out[idx] = self._run(self._encode([items[i] for i in idx], max_length))  # (B, C)
+            batch = self._run(self._encode([items[i] for i in idx], max_length))  # (B, C)
+            if batch.shape[-1] != out.shape[-1]:
+                out = np.zeros((len(items), batch.shape[-1]), dtype=np.float32)  # first batch: the output's width
+            out[idx] = batch
         return out
 
     def predict(self, texts: Texts, batch_size: int = 32, max_length: int | None = None) -> list[dict]:

@@ -143,7 +143,7 @@ class Context:
             f"data: {self.cfg.data.source}: {sizes}; labels {self.data.label_names}"
             + (f"; skipped empty rows: {skipped}" if skipped else "")
             + (f"; dropped while reading: {self.data.dropped}" if self.data.dropped else "")
-            + (f"; cut to max_length {max_len} (QA: questions): {self.truncated()}" if self.truncated() else "")
+            + (f"; cut at their max_length (QA: questions): {self.truncated()}" if self.truncated() else "")
         )
 
 
@@ -222,8 +222,11 @@ def run_teacher(ctx: Context) -> Path:
         id2label=data.id2label,
         label2id=data.label2id,
     )
-    history: dict = {"source": cfg.teacher.model, "fine_tuned": cfg.teacher.fine_tune}
-    if cfg.teacher.fine_tune:
+    fine_tune = cfg.teacher.fine_tune and getattr(ctx.task, "trains_teacher", True)
+    if cfg.teacher.fine_tune and not fine_tune:
+        print(f"teacher: used as it is (a {ctx.task.name} teacher is not fine-tuned; teacher.fine_tune is ignored)")
+    history: dict = {"source": cfg.teacher.model, "fine_tuned": fine_tune}
+    if fine_tune:
         history.update(_fit(ctx, "teacher", teacher, cfg.teacher.train, student=False))
     ctx.timings["teacher"] = history.get("train_seconds", 0.0)
     return save_stage_model(ctx, "teacher", teacher, history)
@@ -298,7 +301,7 @@ def build_student(ctx: Context, teacher) -> torch.nn.Module:
             hidden_size=s.hidden_size or teacher.config.hidden_size,
             num_attention_heads=s.num_attention_heads or teacher.config.num_attention_heads,
             intermediate_size=s.intermediate_size or 4 * (s.hidden_size or teacher.config.hidden_size),
-            num_labels=len(data.label_names),
+            num_labels=len(data.label_names) or None,
             model_class=ctx.task.auto_model_class,
         )
     elif s.init == "pretrained":
@@ -324,7 +327,8 @@ def build_student(ctx: Context, teacher) -> torch.nn.Module:
                 per_token=ctx.task.per_token,
             )
         )
-    return student.train()
+    adapt = getattr(ctx.task, "adapt_student", None)  # e.g. a projection to the teacher's embedding size
+    return (adapt(student, teacher) if adapt is not None else student).train()
 
 
 def student_stages(cfg: RunConfig) -> list[StageConfig]:
@@ -376,7 +380,7 @@ def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:
         )
         rows = _aligned_rows(ctx, ctx.student_dataset(dataset), distiller)
         print(f"stage {stage.name}: {type(distiller).__name__} on {dataset} ({len(rows)} rows)")
-        evaluate = stage.data == "task" and stage.loss.logits_weight > 0
+        evaluate = stage.data == "task" and stage.loss.logits_weight > 0 and getattr(ctx.task, "validates", True)
         result = _fit(ctx, work, student, stage.train, distiller, rows, evaluate=evaluate)
         result.update(
             name=stage.name,
@@ -432,7 +436,12 @@ def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:
             "description": baseline_description(cfg, ctx.task.best_metric),
             "train": to_dict(cfg.distill),
         }
-        history.update(_fit(ctx, "baseline", student, cfg.distill))
+        if getattr(ctx.task, "trains_baseline", True):
+            history.update(_fit(ctx, "baseline", student, cfg.distill))
+        else:  # no labels to train on: the student as built (an embeddings student: the cut model, its pooling)
+            history.update(loss="none (untrained)", train=None, train_seconds=0.0, description=(
+                f"the same student ({cfg.student.init}, same initial weights) as built, untrained: what the cut "
+                "or new model gives before any distillation"))  # fmt: skip
         ctx.timings["baseline"] = history["train_seconds"]
         saved["baseline"] = save_stage_model(ctx, "baseline", student, history)
     return saved

@@ -447,7 +447,8 @@ def soft_labels_for(
     spec = signal_spec(DEFAULT_SIGNALS if signals is None else signals, per_token)
     key = fingerprint(teacher_hash or hash_model(teacher), hash_dataset(dataset), settings, task=task, signal=spec)
     config = getattr(teacher, "config", None)
-    num_labels = getattr(config, "num_labels", None) if signals is None else None
+    labelled = getattr(type(teacher), "labelled", True)  # a sentence encoder's "logits" are its embedding
+    num_labels = getattr(config, "num_labels", None) if signals is None and labelled else None
     return SoftLabelCache(cache_dir).get_or_build(
         key,
         len(dataset),

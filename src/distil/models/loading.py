@@ -62,6 +62,8 @@ def load_classifier(
         DistilError: when the path does not exist and is not a plausible Hub name, the name is not available
             offline, the weights are not safetensors, or the labels are inconsistent.
     """
+    if not getattr(auto_class, "labelled", True):  # a sentence encoder: no head, no labels
+        return load_pretrained(auto_class, path_or_name, allow_download=allow_download)
     num_labels, id2label, label2id = _resolve_labels(num_labels, id2label, label2id)
     path = Path(path_or_name).expanduser()
     if path.exists() and _check_local_checkpoint(path).get("distil_model") == LSTM_MODEL_TYPE:

@@ -21,7 +21,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -79,6 +79,9 @@ class SentenceEncoder(nn.Module):
         settings: ``pooling`` (mean/cls/max), ``normalize`` (bool), ``dense`` (None or {"out_features",
             "bias", "activation"}), ``max_seq_length``; stored in ``encoder.config.distil_sentence``.
     """
+
+    labelled: ClassVar[bool] = False
+    """Loaded without class labels (`distil.models.loading.load_classifier`)."""
 
     def __init__(self, encoder: nn.Module, settings: dict[str, Any] | None = None):
         super().__init__()

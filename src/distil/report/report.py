@@ -29,6 +29,8 @@ def run_eval(ctx) -> dict:
     rows: dict[str, dict] = {}
     eval_sets = ["test"] + [k for k in ctx.datasets if k.startswith("extra:")]
     correct: dict[tuple[str, str], np.ndarray] = {}  # (stage, eval set) -> (N,) bool, for the paired test
+    teacher_out: dict[str, np.ndarray] = {}  # eval set -> the teacher's outputs (fidelity of the others to them)
+    versus = getattr(ctx.task, "versus_teacher", None)
     for stage, model in models.items():
         row = {
             "role": ROLES[stage],
@@ -42,8 +44,13 @@ def run_eval(ctx) -> dict:
                 model, dataset, ctx.collator(student=student), cfg.distill.eval_batch_size, desc=f"{stage} {name}"
             )
             gold, key = ctx.task.gold(dataset), name.replace("extra:", "")
-            correct[stage, key] = ctx.task.correct(logits, gold)
+            unit_correct = ctx.task.correct(logits, gold)
+            if unit_correct is not None:  # None: the set's metric has no per-unit right or wrong (a correlation)
+                correct[stage, key] = unit_correct
             row[key] = ctx.task.metrics(logits, gold, ctx.data.label_names)
+            if versus is not None:
+                teacher_out.setdefault(key, logits)
+                row[key].update(versus(logits, teacher_out[key], gold))
         history = previous_history(ctx, stage)
         row["validation"] = {
             k.replace("eval_", ""): v
@@ -56,12 +63,14 @@ def run_eval(ctx) -> dict:
     latency = latency_table(
         models, cfg.eval.latency_batch_sizes, cfg.eval.latency_seq_length, cfg.eval.latency_repeats
     )
-    headline = ctx.task.best_metric
+    headline, headline_set = ctx.task.best_metric, getattr(ctx.task, "headline_set", "test")
     for stage in rows:
         rows[stage]["latency_ms"] = {str(b): round(v, 3) for b, v in latency[stage].items()}
         rows[stage]["speedup"] = {str(b): round(latency["teacher"][b] / latency[stage][b], 3) for b in latency[stage]}
-        teacher_score = rows["teacher"]["test"][headline]
-        rows[stage]["retention"] = round(rows[stage]["test"][headline] / teacher_score, 4) if teacher_score else 0.0
+        teacher_score = rows["teacher"][headline_set][headline]
+        rows[stage]["retention"] = (
+            round(rows[stage][headline_set][headline] / teacher_score, 4) if teacher_score else 0.0
+        )
     ctx.timings["latency"] = time.perf_counter() - start
     soft = ctx.out / "soft_labels.json"
     report = {
@@ -70,6 +79,7 @@ def run_eval(ctx) -> dict:
             "metric": headline,
             "columns": [list(c) for c in ctx.task.report_metrics],
             "paired_unit": ctx.task.paired_unit,
+            **_set_layout(ctx.task, eval_sets),
         },
         "data": {
             "source": cfg.data.source,
@@ -102,6 +112,7 @@ def run_eval(ctx) -> dict:
         report["paired"] = {
             name: mcnemar(correct["student", name], correct["baseline", name])
             for name in ["test", *report["data"]["extra_test_sets"]]
+            if ("student", name) in correct
         }
     report["verdicts"] = verdicts(report)
     write_text(ctx.out / "report.md", render_markdown(report))
@@ -111,6 +122,20 @@ def run_eval(ctx) -> dict:
     for line in report["verdicts"]:
         print(line)
     return report
+
+
+def _set_layout(task, eval_sets: list[str]) -> dict:
+    """A task whose evaluation sets measure different things (embeddings: STS, retrieval, fidelity) names, per
+    set, the metric its verdict compares and the report's columns; {} for one metric on every set."""
+    columns = getattr(task, "table_columns", None)
+    if columns is None:
+        return {}
+    present = {name.replace("extra:", "") for name in eval_sets}
+    return {
+        "headline_set": task.headline_set,
+        "table": [list(c) for c in columns if c[0] in present],
+        "set_metrics": {name: task.set_metric(name) for name in sorted(present)},
+    }
 
 
 def _training_text_notes(history: dict) -> list[dict]:
@@ -181,10 +206,12 @@ def verdicts(report: dict, level: float = 0.05) -> list[str]:
     if "student" not in models or "baseline" not in models:
         return []
     info = _task_info(report)
-    metric, unit = info["metric"], info["paired_unit"]
+    unit = info["paired_unit"]
     sizes = {"test": report["data"]["splits"]["test"], **report["data"]["extra_test_sets"]}
     lines = []
+    set_metrics = info.get("set_metrics", {})
     for name, n in sizes.items():
+        metric = set_metrics.get(name, info["metric"])
         s, b = models["student"][name][metric], models["baseline"][name][metric]
         diff = s - b
         head = (
@@ -192,6 +219,9 @@ def verdicts(report: dict, level: float = 0.05) -> list[str]:
             f"(n={n}"
         )
         paired = report.get("paired", {}).get(name)
+        if paired is None and set_metrics:  # a correlation or a fidelity score: no per-unit paired test
+            lines.append(f"{head}; {metric} has no per-unit paired test)")
+            continue
         if paired is not None:
             p = paired["p_value"]
             word = "within noise" if p >= level else ("better" if paired["a_only"] > paired["b_only"] else "worse")
@@ -221,6 +251,8 @@ def table_rows(report: dict) -> list[list[str]]:
     head += [f"b{b} ms" for b in batch_sizes] + [f"speedup b{b}" for b in batch_sizes]
     head += [f"{e} {title}" for e in extra]
     rows = [head]
+    if info.get("table"):
+        return _set_table(report, info["table"], batch_sizes)
     for r in report["models"].values():
         row = [
             r["role"],
@@ -231,6 +263,20 @@ def table_rows(report: dict) -> list[list[str]]:
         ]
         row += [f"{r['latency_ms'][b]:.1f}" for b in batch_sizes] + [f"{r['speedup'][b]:.2f}x" for b in batch_sizes]
         row += [f"{100 * r[e][metric]:.2f}" for e in extra]
+        rows.append(row)
+    return rows
+
+
+def _set_table(report: dict, table: list, batch_sizes: list[str]) -> list[list[str]]:
+    """The table of a task with per-set columns: (set, metric, title) each, then retention, size and speed."""
+    head = ["model", *(title for _, _, title in table), "of teacher", "params", "size MB"]
+    head += [f"b{b} ms" for b in batch_sizes] + [f"speedup b{b}" for b in batch_sizes]
+    rows = [head]
+    for r in report["models"].values():
+        row = [r["role"]]
+        row += [f"{100 * r[name][metric]:.2f}" if metric in r.get(name, {}) else "-" for name, metric, _ in table]
+        row += [f"{100 * r.get('retention', 0):.1f}%", f"{r['parameters'] / 1e6:.2f}M", f"{r['size_bytes'] / 1e6:.1f}"]
+        row += [f"{r['latency_ms'][b]:.1f}" for b in batch_sizes] + [f"{r['speedup'][b]:.2f}x" for b in batch_sizes]
         rows.append(row)
     return rows
 
@@ -335,16 +381,18 @@ def plot_report(ctx, report: dict) -> None:
     ax_loss.set(title="training loss", xlabel="step")
     ax_acc.set(title=f"validation {metric}", xlabel="step")
     for ax in (ax_loss, ax_acc):
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a stage without curves (an untrained baseline) draws nothing
+            ax.legend()
         ax.grid(alpha=0.3)
     _save(fig, plots / "training_curves.png")
 
     names = list(report["models"])
-    acc = [100 * report["models"][n]["test"][metric] for n in names]
+    headline_set = _task_info(report).get("headline_set", "test")
+    acc = [100 * report["models"][n][headline_set][metric] for n in names]
     batch_sizes = list(report["models"][names[0]]["latency_ms"])
     fig, (ax_a, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
     ax_a.bar(names, acc, color=["#555", "#2a7", "#aaa"][: len(names)])
-    ax_a.set(title=f"test {metric} (%)", ylim=(max(0, min(acc) - 10), min(100, max(acc) + 3)))
+    ax_a.set(title=f"{headline_set} {metric} (%)", ylim=(max(0, min(acc) - 10), min(100, max(acc) + 3)))
     width = 0.8 / len(batch_sizes)
     for i, b in enumerate(batch_sizes):
         ax_l.bar(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from distil.errors import DistilError
 from distil.tasks.base import Task
 from distil.tasks.classification import ClassificationTask
+from distil.tasks.embeddings import EmbeddingTask
 from distil.tasks.question_answering import QuestionAnsweringTask
 from distil.tasks.token_classification import TokenClassificationTask
 
@@ -15,6 +16,7 @@ TASKS: dict[str, type] = {
     ClassificationTask.name: ClassificationTask,
     TokenClassificationTask.name: TokenClassificationTask,
     QuestionAnsweringTask.name: QuestionAnsweringTask,
+    EmbeddingTask.name: EmbeddingTask,
 }
 
 
@@ -32,6 +34,8 @@ def get_task(name: str, **options) -> Task:
 def task_for_model(config: dict) -> Task:
     """The task a saved model serves, from its config.json (``architectures``; a distil LSTM's ``per_token``)."""
     names = config.get("architectures") or []
+    if "distil_sentence" in config:  # a SentenceEncoder's settings (distil.models.sentence.SENTENCE_KEY)
+        return EmbeddingTask()
     if any(str(n).endswith("ForQuestionAnswering") for n in names):
         return QuestionAnsweringTask(**config.get("distil_qa", {}))
     if any(str(n).endswith("ForTokenClassification") for n in names) or config.get("per_token"):
@@ -43,6 +47,8 @@ def task_of(cfg) -> Task:
     """The task of a `distil.config.RunConfig`, with the options its config sets."""
     if cfg.task == QuestionAnsweringTask.name:
         return QuestionAnsweringTask.from_data_config(cfg.data)
+    if cfg.task == EmbeddingTask.name:
+        return EmbeddingTask(cfg.embedding)
     options = {"label_all_tokens": cfg.data.label_all_tokens} if cfg.task == TokenClassificationTask.name else {}
     return get_task(cfg.task, **options)
 
@@ -50,6 +56,7 @@ def task_of(cfg) -> Task:
 __all__ = [
     "TASKS",
     "ClassificationTask",
+    "EmbeddingTask",
     "QuestionAnsweringTask",
     "Task",
     "TokenClassificationTask",
