@@ -62,3 +62,14 @@ def tiny_bert(_tiny_bert_session):
 def make_tiny_bert():
     """Factory for other tiny BERT shapes: make_tiny_bert(num_labels=3, hidden_size=48, ...)."""
     return _tiny_bert
+
+
+def tiny_sentence_encoder(seed: int = 0, **settings):
+    """A random 4-layer SentenceEncoder (BertModel, hidden 32, 4 heads; mean pooling, normalised unless overridden)."""
+    from transformers import BertConfig, BertModel
+
+    from distil.models.sentence import SentenceEncoder
+
+    torch.manual_seed(seed)
+    base = {"pooling": "mean", "normalize": True, "dense": None, "max_seq_length": 64}
+    return SentenceEncoder(BertModel(BertConfig(vocab_size=30522, **TINY)), {**base, **settings}).eval()

@@ -35,7 +35,9 @@ EVAL_SETS = ("lee", "squad", "bbc")
 """The built-in evaluation sets, in the order the report shows them."""
 DEFAULT_HELD_OUT_TEXTS = 2000
 """Validation and test texts carved from the training source when data.max_eval_samples is not set."""
-GENSIM_HINT = "run scripts/setup.sh, or: pip install --no-deps gensim==4.4.0 (its data is read by path, never imported)"
+GENSIM_HINT = (
+    "run scripts/setup.sh, or: pip install --no-deps gensim==4.4.0 (its data is read by path, never imported)"
+)
 
 
 def gensim_test_data() -> Path:
@@ -106,7 +108,9 @@ def bbc_articles() -> list[tuple[str, str, str]]:
         for file in sorted(topic.glob("*.txt")):
             lines = [ln for ln in file.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
             if len(lines) >= 2:
-                out.append((f"{topic.name}/{file.stem}", " ".join(lines[0].split()), " ".join(" ".join(lines[1:]).split())))
+                out.append(
+                    (f"{topic.name}/{file.stem}", " ".join(lines[0].split()), " ".join(" ".join(lines[1:]).split()))
+                )
     return out
 
 
@@ -162,8 +166,11 @@ def prepare_embedding_data(cfg: DataConfig, emb: EmbeddingConfig) -> TaskData:
         return pd.DataFrame({"text": rows, "role": "text", "key": "", "ratings": None})
 
     return TaskData(
-        splits={"train": frame(train), "validation": frame(texts[n_test : n_test + n_val]),
-                "test": frame(texts[:n_test])},  # fmt: skip
+        splits={
+            "train": frame(train),
+            "validation": frame(texts[n_test : n_test + n_val]),
+            "test": frame(texts[:n_test]),
+        },  # fmt: skip
         label_names=[],
         extra_tests=sets,
         dropped={"train": {"held_out_texts": corpus.removed_held_out}} if corpus.removed_held_out else {},

@@ -351,5 +351,5 @@ VARIANT_OF = {"hf": "torch", "torch-int8": "torch-int8", "onnx": "onnx", "onnx-i
 
 
 def _card_figures(results: dict[str, dict]) -> dict[str, dict]:
-    keep = ("accuracy", "f1", "size_bytes", "max_abs_diff", "label_agreement", "latency_ms", "note")
+    keep = ("accuracy", "f1", "spearman", "size_bytes", "max_abs_diff", "label_agreement", "latency_ms", "note")
     return {k: {f: v[f] for f in keep if f in v} for k, v in results.items()}

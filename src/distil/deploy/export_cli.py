@@ -106,13 +106,13 @@ def _mb(n_bytes: Any) -> str:
 
 
 def render_table(results: dict[str, dict]) -> str:
-    """Variant / accuracy (entity F1 for a tagger, SQuAD F1 for a reader) / change vs fp32 / size / max-abs-diff, as
+    """Variant / accuracy (entity F1 for a tagger, SQuAD F1 for a reader, Lee Spearman for an encoder) / change vs fp32 / size / max-abs-diff, as
     a markdown table."""
-    metric = "f1" if any("f1" in r for r in results.values()) else "accuracy"
+    metric = next((m for m in ("f1", "spearman") if any(m in r for r in results.values())), "accuracy")
     base = results.get("hf", {}).get(metric)
     hf_size = results.get("hf", {}).get("size_bytes")
     squad = any("exact_match" in r for r in results.values())
-    title = ("SQuAD F1" if squad else "entity F1") if metric == "f1" else "accuracy"
+    title = {"f1": "SQuAD F1" if squad else "entity F1", "spearman": "Lee Spearman"}.get(metric, "accuracy")
     lines = [f"| variant | {title} | vs fp32 (points) | size | max abs diff |", "|---|---|---|---|---|"]
     for key in [k for k in VARIANT_ORDER if k in results] + [k for k in results if k not in VARIANT_ORDER]:
         r = results[key]

@@ -36,7 +36,11 @@ from distil.errors import DistilError
 SENTENCE_KEY = "distil_sentence"
 """The config.json key holding a SentenceEncoder's pooling, normalisation and projection settings."""
 POOLING_MODES = ("mean", "cls", "max")
-_ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens"}
+_ST_POOLING_KEYS = {
+    "mean": "pooling_mode_mean_tokens",
+    "cls": "pooling_mode_cls_token",
+    "max": "pooling_mode_max_tokens",
+}
 _ACTIVATIONS = {
     "torch.nn.modules.linear.Identity": nn.Identity,
     "torch.nn.modules.activation.Tanh": nn.Tanh,
@@ -93,7 +97,9 @@ class SentenceEncoder(nn.Module):
         self.activation: nn.Module = nn.Identity()
         dense = settings.get("dense")
         if dense:
-            self.dense = nn.Linear(encoder.config.hidden_size, int(dense["out_features"]), bias=dense.get("bias", True))
+            self.dense = nn.Linear(
+                encoder.config.hidden_size, int(dense["out_features"]), bias=dense.get("bias", True)
+            )
             self.activation = _ACTIVATIONS[dense.get("activation", "torch.nn.modules.linear.Identity")]()
         setattr(encoder.config, SENTENCE_KEY, settings)
 
@@ -290,7 +296,9 @@ def _settings_from_modules(root: Path, modules: dict[str, str], transformer_path
     if "Pooling" in modules:
         cfg = json.loads((root / modules["Pooling"] / "config.json").read_text(encoding="utf-8"))
         modes = [mode for mode, key in _ST_POOLING_KEYS.items() if cfg.get(key)]
-        others = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v and k not in _ST_POOLING_KEYS.values()]
+        others = [
+            k for k, v in cfg.items() if k.startswith("pooling_mode_") and v and k not in _ST_POOLING_KEYS.values()
+        ]
         if len(modes) != 1 or others:
             raise DistilError(
                 f"checkpoint {root}: pooling {modes + others}; distil reads exactly one of mean, cls or max pooling"
@@ -301,7 +309,11 @@ def _settings_from_modules(root: Path, modules: dict[str, str], transformer_path
         activation = cfg.get("activation_function", "torch.nn.modules.linear.Identity")
         if activation not in _ACTIVATIONS:
             raise DistilError(f"checkpoint {root}: Dense activation {activation!r}; distil reads Identity and Tanh")
-        settings["dense"] = {"out_features": cfg["out_features"], "bias": cfg.get("bias", True), "activation": activation}
+        settings["dense"] = {
+            "out_features": cfg["out_features"],
+            "bias": cfg.get("bias", True),
+            "activation": activation,
+        }
     st_config = transformer_path / "sentence_bert_config.json"
     if st_config.is_file():
         settings["max_seq_length"] = json.loads(st_config.read_text(encoding="utf-8")).get("max_seq_length")

@@ -1,0 +1,106 @@
+"""The embeddings task's KD terms and metrics, against closed forms and hand-made cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distil.errors import DistilError
+from distil.options import EmbeddingConfig
+from distil.tasks.embeddings import (
+    EmbeddingGold,
+    EmbeddingKDLoss,
+    EmbeddingTask,
+    neighbour_overlap,
+    retrieval_metrics,
+    sts_metrics,
+)
+
+
+def test_every_term_is_zero_for_identical_embeddings():
+    t = torch.randn(6, 10)
+    total, parts = EmbeddingKDLoss(1.0, 1.0, 1.0)(t.clone(), t)
+    assert set(parts) == {"mse", "cosine", "relation"}
+    assert total.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mse_and_cosine_closed_forms():
+    s, t = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    total, parts = EmbeddingKDLoss(2.0, 3.0, 0.0)(s, t)
+    assert parts["mse"].item() == pytest.approx((1 + 1 + 0 + 1) / 4)  # mean over the 4 elements
+    assert parts["cosine"].item() == pytest.approx((1 - 0.0 + 1 - 1.0) / 2)  # cos = 0 and 1
+    assert total.item() == pytest.approx(2 * 0.75 + 3 * 0.5)
+
+
+def test_the_relation_term_ignores_rotations_and_widths():
+    torch.manual_seed(0)
+    s, t = torch.randn(8, 16), torch.randn(8, 32)
+    q, _ = torch.linalg.qr(torch.randn(16, 16))  # an orthogonal matrix
+    loss = EmbeddingKDLoss(0.0, 0.0, 1.0)
+    base, parts = loss(s, t)
+    rotated, _ = loss(s @ q, t)
+    assert set(parts) == {"relation"} and base.item() > 0.01
+    assert rotated.item() == pytest.approx(base.item(), rel=1e-5)
+    sn, tn = torch.nn.functional.normalize(s, dim=-1), torch.nn.functional.normalize(t, dim=-1)
+    assert base.item() == pytest.approx(((sn @ sn.T - tn @ tn.T) ** 2).mean().item(), rel=1e-5)
+
+
+def test_mse_across_widths_is_refused_in_one_line():
+    with pytest.raises(DistilError, match=r"\(4, 16\), the teacher's \(4, 32\); MSE and cosine need one size"):
+        EmbeddingKDLoss(1.0)(torch.zeros(4, 16), torch.zeros(4, 32))
+    with pytest.raises(DistilError, match="learns only from a teacher"):
+        EmbeddingKDLoss(1.0)(torch.zeros(4, 16), None)
+
+
+def test_sts_correlations_on_hand_made_ratings():
+    angles = np.array([0.0, 0.3, 1.0, 1.5])
+    emb = np.stack([np.cos(angles), np.sin(angles)], 1)  # cosine of a pair = cos(angle difference)
+    diff = np.abs(angles[:, None] - angles[None, :])
+    out = sts_metrics(emb, 1.0 - diff / 2)  # ratings fall as the angle grows: the same order
+    assert out["spearman"] == pytest.approx(1.0) and out["pairs"] == 6
+    assert sts_metrics(emb, diff)["spearman"] == pytest.approx(-1.0)
+
+
+def _retrieval_case():
+    docs = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    queries = np.array([[0.9, 0.1], [0.6, 0.8], [-1.0, 0.0]])  # relevant: d0 (rank 1), d1 (rank 2), d2 (rank 2)
+    gold = EmbeddingGold(np.array(["doc"] * 3 + ["query"] * 3), np.array(["d0", "d1", "d2", "d0", "d1", "d2"]))
+    return np.vstack([docs, queries]), gold
+
+
+def test_retrieval_metrics_on_a_hand_made_case():
+    emb, gold = _retrieval_case()
+    out = retrieval_metrics(emb, gold)
+    # query 3 ranks: d1 (0.0) > ... cos(-1,0 vs d2) = -0.707, vs d0 = -1: d2 is 2nd
+    assert out["recall_at_1"] == pytest.approx(1 / 3)
+    assert out["recall_at_10"] == pytest.approx(1.0)
+    assert out["mrr_at_10"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert out["ndcg_at_10"] == pytest.approx((1 + 2 / np.log2(3)) / 3)
+    assert out["queries"] == 3 and out["documents"] == 3
+    task = EmbeddingTask()
+    assert task.correct(emb, gold).tolist() == [True, True, True]
+    assert task.metrics(emb, gold)["recall_at_1"] == pytest.approx(1 / 3)
+
+
+def test_fidelity_to_the_teacher():
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(30, 8))
+    gold = EmbeddingGold(np.array(["text"] * 30), np.array([""] * 30))
+    task = EmbeddingTask()
+    same = task.versus_teacher(t, t, gold)
+    assert same == {"overlap_at_10": pytest.approx(1.0), "cosine_to_teacher": pytest.approx(1.0)}
+    other = task.versus_teacher(rng.normal(size=(30, 8)), t, gold)
+    assert other["overlap_at_10"] < 0.7 and abs(other["cosine_to_teacher"]) < 0.3
+    wide = task.versus_teacher(rng.normal(size=(30, 4)), t, gold)
+    assert set(wide) == {"overlap_at_10"}  # no cosine across sizes
+    assert task.correct(t, gold) is None and task.metrics(t, gold) == {"texts": 30.0}
+    assert neighbour_overlap(t, t * 3.0, gold, k=5) == pytest.approx(1.0)  # scale does not move neighbours
+
+
+def test_options_refuse_no_kd_term():
+    with pytest.raises(Exception, match="embedding.mse_weight"):
+        from distil.config import load_config
+
+        load_config(None, {"embedding": {"mse_weight": 0.0}})
+    assert EmbeddingConfig(mse_weight=0.0, relation_weight=1.0).relation_weight == 1.0

@@ -1,0 +1,89 @@
+"""Sentence embeddings end to end through the real CLI: a tiny sentence-transformers teacher on the real built-in
+corpus -> cached teacher embeddings -> a 2-layer student cut from it (+ the untrained cut baseline) -> the report
+on Lee STS, SQuAD and BBC retrieval and fidelity; then the student in sentence-transformers, predict and export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import tiny_sentence_encoder
+
+from distil.cli import main
+from distil.data.embedding_sets import gensim_test_data
+from distil.data.squad import SQUAD_FILES, squad_dir
+
+pytestmark = pytest.mark.skipif(
+    not all((squad_dir() / f).is_file() for f in SQUAD_FILES.values())
+    or not (gensim_test_data() / "lee.cor").exists(),
+    reason="built-in SQuAD files or gensim's Lee data missing (scripts/setup.sh installs them)",
+)
+
+FLAGS = [
+    "--student.layers", "[0, 3]", "--data.max_train_samples", "96", "--data.max_eval_samples", "30",
+    "--data.max_length", "32", "--embedding.max_queries", "20", "--embedding.bbc_articles", "12",
+    "--embedding.eval_max_length", "64", "--distill.epochs", "1", "--distill.learning_rate", "0.003",
+    "--distill.batch_size", "16", "--eval.latency_repeats", "1", "--eval.latency_batch_sizes", "[1]",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def emb_run(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("emb")
+    teacher = root / "tiny-teacher"
+    tiny_sentence_encoder().save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    out = root / "run"
+    flags = ["--teacher.model", str(teacher), "--output_dir", str(out), "--cache_dir", str(root / "cache")]
+    assert main(["run", "embeddings", *flags, *FLAGS]) == 0
+    return out
+
+
+def test_the_report_scores_sts_retrieval_and_fidelity(emb_run):
+    report = json.loads((emb_run / "report.json").read_text())
+    assert report["task"]["name"] == "embeddings" and report["task"]["headline_set"] == "lee"
+    assert report["data"]["splits"] == {"train": 96, "validation": 30, "test": 30}
+    assert report["data"]["extra_test_sets"] == {"lee": 50, "squad": 20 + 370, "bbc": 24}
+    for role in ("teacher", "student", "baseline"):
+        m = report["models"][role]
+        assert -1 <= m["lee"]["spearman"] <= 1 and m["lee"]["pairs"] == 1225
+        assert 0 <= m["squad"]["recall_at_1"] <= m["squad"]["recall_at_10"] <= 1 and m["squad"]["queries"] == 20
+        assert 0 <= m["test"]["overlap_at_10"] <= 1
+    assert report["models"]["teacher"]["test"]["overlap_at_10"] == 1.0
+    assert report["models"]["teacher"]["lee"]["cosine_to_teacher"] == pytest.approx(1.0)
+    assert set(report["paired"]) == {"squad", "bbc"}  # per-query hits; a correlation has no paired test
+    md = (emb_run / "report.md").read_text()
+    assert "| model | Lee Spearman | SQuAD R@1 | SQuAD R@10 | BBC R@1 | BBC R@10 | test overlap@10 |" in md
+    history = json.loads((emb_run / "baseline" / "training_history.json").read_text())
+    assert history["loss"] == "none (untrained)" and "untrained" in report["baseline"]
+    teacher = json.loads((emb_run / "teacher" / "training_history.json").read_text())
+    assert teacher["fine_tuned"] is False
+
+
+def test_the_distilled_student_moved_towards_the_teacher(emb_run):
+    report = json.loads((emb_run / "report.json").read_text())
+    s, b = report["models"]["student"]["test"], report["models"]["baseline"]["test"]
+    assert s["cosine_to_teacher"] > b["cosine_to_teacher"]
+
+
+def test_the_student_loads_in_sentence_transformers_with_the_same_vectors(emb_run, capsys):
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["the market fell", "a fine film"]
+    theirs = SentenceTransformer(str(emb_run / "student"), device="cpu").encode(texts)
+    capsys.readouterr()
+    assert main(["predict", str(emb_run / "student"), *texts, "--json"]) == 0
+    ours = np.array([json.loads(line)["embedding"] for line in capsys.readouterr().out.splitlines()])
+    assert ours.shape == (2, 32)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_export_scores_every_variant_on_lee(emb_run, tmp_path, capsys):
+    out = tmp_path / "exports"
+    assert main(["export", str(emb_run / "student"), str(out)]) == 0
+    assert "| variant | Lee Spearman |" in capsys.readouterr().out
+    results = json.loads((out / "export.json").read_text())
+    assert {"hf", "onnx", "onnx-int8"} <= set(results)
+    assert results["onnx"]["spearman"] == pytest.approx(results["hf"]["spearman"], abs=1e-3)
+    assert results["onnx"]["max_abs_diff"] < 1e-4
