@@ -80,8 +80,8 @@ def test_a_dense_module_without_safetensors_is_refused(tmp_path, tokenizer):
 def test_unknown_modules_and_two_poolings_are_refused(tmp_path, tokenizer):
     path = saved(tmp_path, tiny_encoder(), tokenizer)
     modules = json.loads((path / "modules.json").read_text())
-    (path / "modules.json").write_text(json.dumps([*modules, {"idx": 9, "name": "9", "path": "x",
-                                                              "type": "sentence_transformers.models.LayerNorm"}]))  # fmt: skip
+    layer_norm = {"idx": 9, "name": "9", "path": "x", "type": "sentence_transformers.models.LayerNorm"}
+    (path / "modules.json").write_text(json.dumps([*modules, layer_norm]))
     with pytest.raises(DistilError, match="LayerNorm' module; distil reads Transformer"):
         load_pretrained(SentenceEncoder, str(path))
     (path / "modules.json").write_text(json.dumps(modules))

@@ -106,8 +106,8 @@ def _mb(n_bytes: Any) -> str:
 
 
 def render_table(results: dict[str, dict]) -> str:
-    """Variant / accuracy (entity F1 for a tagger, SQuAD F1 for a reader, Lee Spearman for an encoder) / change vs fp32 / size / max-abs-diff, as
-    a markdown table."""
+    """Variant / accuracy (entity F1 for a tagger, SQuAD F1 for a reader, Lee Spearman for an encoder) / change vs
+    fp32 / size / max-abs-diff, as a markdown table."""
     metric = next((m for m in ("f1", "spearman") if any(m in r for r in results.values())), "accuracy")
     base = results.get("hf", {}).get(metric)
     hf_size = results.get("hf", {}).get("size_bytes")

@@ -242,7 +242,8 @@ class SentenceEncoder(nn.Module):
             dense = s["dense"]
             _write(out / "2_Dense" / "config.json", {
                 "in_features": self.dense.in_features, "out_features": self.dense.out_features,
-                "bias": self.dense.bias is not None, "activation_function": dense.get("activation", next(iter(_ACTIVATIONS))),
+                "bias": self.dense.bias is not None,
+                "activation_function": dense.get("activation", next(iter(_ACTIVATIONS))),
             })  # fmt: skip
             save_file({f"linear.{k}": v.contiguous() for k, v in self.dense.state_dict().items()},
                       str(out / "2_Dense" / "model.safetensors"))  # fmt: skip
