@@ -212,7 +212,9 @@ def evaluate_all(args, dirs, predictors) -> dict:
         print(f"accuracy of {name}: {description}", flush=True)
         for (m, v), pred in predictors.items():
             if m == name:
-                out[(m, v)] = evaluate(pred)["accuracy"]
+                scores = evaluate(pred)  # a classifier's accuracy, an encoder's Lee Spearman, a reader's F1
+                args.metric = next(k for k in ("accuracy", "spearman", "f1") if k in scores)
+                out[(m, v)] = scores[args.metric]
     return out
 
 
@@ -251,19 +253,20 @@ def summarise(args, info, calibration, dirs, trained, variants, cells, lat, call
             checks[f"{name} (target >= 10x)"] = f"{row['speedup_vs_teacher_fp32']:.2f}x"
     for (m, v), acc in accuracy.items():
         if m != "teacher" and v in ("onnx-int8", "torch-int8") and (m, "torch") in accuracy:
-            checks[f"{m} {v}: accuracy change vs its fp32 self (target >= -1 point)"] = (
+            checks[f"{m} {v}: {getattr(args, 'metric', 'accuracy')} change vs its fp32 self (target >= -1 point)"] = (
                 f"{100 * (acc - accuracy[(m, 'torch')]):+.2f} points"
             )
     return {"benchmark": "B2 serving", "machine": info, "calibration": calibration,
             "models": {k: str(v) for k, v in dirs.items()}, "trained": trained,
             "run": str(args.run) if args.run else None, "exports": export_info, "rows": rows, "checks": checks,
-            "accuracy": {f"{m}/{v}": a for (m, v), a in accuracy.items()}}  # fmt: skip
+            "accuracy": {f"{m}/{v}": a for (m, v), a in accuracy.items()},
+            "metric": getattr(args, "metric", "accuracy")}  # fmt: skip
 
 
 def write_outputs(result: dict, out_dir: Path) -> None:
     f = harness.fmt
     header = ["model", "variant", "batch", "tokens", "p50 ms", "p95 ms", "CPU ms p50", "samples/s",
-              "speedup vs teacher fp32", "test accuracy", "vs fp32 self"]  # fmt: skip
+              "speedup vs teacher fp32", f"test {result.get('metric', 'accuracy')}", "vs fp32 self"]  # fmt: skip
     table = []
     for r in result["rows"]:
         acc = f"{100 * r['accuracy']:.2f}%" if r["accuracy"] is not None else "n/a"
@@ -276,7 +279,7 @@ def write_outputs(result: dict, out_dir: Path) -> None:
               f"{e['max_abs_diff'].get('onnx') or 0:.1e}", f"{e['max_abs_diff'].get('onnx-int8') or 0:.1e}"]
              for m, e in result["exports"].items()]  # fmt: skip
     source = (
-        f"models from run `{result['run']}`, accuracy on its test split"
+        f"models from run `{result['run']}`, {result.get('metric', 'accuracy')} on its test split"
         if result["trained"]
         else "untrained models (teacher with a random head, student = its layers [0, 2, 4]): accuracy n/a"
     )

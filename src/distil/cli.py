@@ -1,4 +1,4 @@
-"""`distil run|teacher|soft-labels|student|eval|predict|inspect|export`: thin functions over the library.
+"""`distil run|teacher|soft-labels|student|eval|predict|index|search|inspect|export`: thin functions over the library.
 
 Every configuration field is a flag named by its dotted path (`--teacher.train.epochs 1`), generated from the
 dataclasses in distil.config; flags override the YAML file, which overrides the embedded default.
@@ -79,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default 128; QA: as trained)")
     p.add_argument("--json", action="store_true", help="print one JSON object per line")
+    p = sub.add_parser("index", help="embed a corpus with a sentence-embedding model into a search index")
+    p.add_argument("model", help="a sentence-embedding model directory (an embeddings student, an export)")
+    p.add_argument("corpus", help="one text per line (.txt, .txt.gz), or a CSV/TSV/JSONL/Parquet file")
+    p.add_argument("--out", required=True, metavar="INDEX", help="the index directory to write (replaced)")
+    p.add_argument("--variant", default=None, help="torch, torch-bf16, torch-int8, onnx, onnx-int8 (default: auto)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's, else 256)")
+    p.add_argument("--text-column", default="text", help="the column holding the texts of a tabular corpus")
+    p = sub.add_parser("search", help="the corpus texts nearest to each query, from an index built by `distil index`")
+    p.add_argument("index", help="an index directory written by `distil index`")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="query texts")
+    p.add_argument("--model", default=None, help="the model that embeds the queries (default: the index's)")
+    p.add_argument("--variant", default=None, help="load_student variant (default: the index's)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print one JSON object per query")
     return parser
 
 
@@ -200,6 +216,35 @@ def _answer(predictor, args: argparse.Namespace, lines: list[str], json) -> int:
     return 0
 
 
+def _index(args: argparse.Namespace) -> int:
+    from distil.deploy.search import build_index
+
+    meta = build_index(args.model, args.corpus, args.out, variant=args.variant, batch_size=args.batch_size,
+                       max_length=args.max_length, text_column=args.text_column)  # fmt: skip
+    print(f"indexed {meta['count']} texts ({meta['dim']}-d, model {meta['model']}) into {args.out} "
+          f"in {meta['seconds']:.1f} s")  # fmt: skip
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    import json
+
+    from distil.deploy.search import search
+
+    results = search(args.index, args.queries, top_k=args.top_k, model=args.model, variant=args.variant,
+                     batch_size=args.batch_size)  # fmt: skip
+    for query, hits in zip(args.queries, results):
+        if args.json:
+            print(json.dumps({"query": query, "hits": hits}, ensure_ascii=False))
+            continue
+        print(query)
+        for hit in hits:
+            text = " ".join(hit["text"].split())
+            text = text if len(text) <= 100 else text[:99] + "…"
+            print(f"  {hit['rank']}. {hit['score']:.4f}  {text}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
 
     overrides: dict = {}
@@ -230,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return _predict(args)
+        if args.command == "index":
+            return _index(args)
+        if args.command == "search":
+            return _search(args)
         if args.command == "inspect":
             return _inspect(args)
         if args.command == "export":

@@ -36,7 +36,10 @@ def read_student_config(model_dir: str | os.PathLike, what: str = "model_dir") -
         raise DistilError(f"{what} '{model_dir}' does not exist; pass the directory a student was saved to")
     if not (model_dir / "config.json").is_file():
         raise DistilError(f"{what} '{model_dir}' has no config.json; pass a directory written by save_pretrained")
-    return read_json(model_dir / "config.json")
+    config = read_json(model_dir / "config.json")
+    if (model_dir / "modules.json").is_file():  # a sentence-transformers folder is served as a sentence encoder
+        config.setdefault("distil_sentence", {})
+    return config
 
 
 def _refuse_lstm(config: dict, model_dir: Path, action: str) -> None:
