@@ -86,6 +86,8 @@ def test_the_student_loads_in_sentence_transformers_with_the_same_vectors(emb_ru
     ours = np.array([json.loads(line)["embedding"] for line in capsys.readouterr().out.splitlines()])
     assert ours.shape == (2, 32)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert main(["predict", str(emb_run / "student"), "the market fell"]) == 0
+    assert capsys.readouterr().out.startswith(f"32-d\t[{theirs[0][0]:.4f}, ")
 
 
 def test_export_scores_every_variant_on_lee(emb_run, tmp_path, capsys):

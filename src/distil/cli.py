@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     p = sub.add_parser(
         "predict",
-        help="classify texts, tag their entities, or answer questions with a saved model (arguments, a file, stdin)",
+        help="classify, tag entities, answer questions or embed texts with a saved model (arguments, a file, stdin)",
     )
     p.add_argument("model", help="a saved model directory (student/, teacher/, an export)")
     p.add_argument("texts", nargs="*", help="texts to classify")
@@ -187,6 +187,9 @@ def _predict(args: argparse.Namespace) -> int:
             print(text)
             for e in result["entities"]:
                 print(f"  {e['type']}\t{e['start']}-{e['end']}\t{e['score']:.4f}\t{e['text']}")
+        elif "embedding" in result:  # a sentence encoder: its size and first values (--json prints the vector)
+            vector = result["embedding"]
+            print(f"{len(vector)}-d\t[{', '.join(f'{x:.4f}' for x in vector[:4])}, ...]\t{text}")
         else:
             print(f"{result['label']}\t{result['score']:.4f}\t{text}")
     return 0
