@@ -27,6 +27,10 @@ class EmbeddingConfig:
     relation_weight: float = 0.0
     """MSE between the student's and the teacher's in-batch cosine-similarity matrices (B x B): needs no
     projection when the widths differ."""
+    dim: int | None = None
+    """Reduce the student's embeddings to this size (e.g. 768 -> 256): a Dense layer set to the top principal
+    components of the teacher's training embeddings, and the teacher's targets projected onto the same components
+    (sentence-transformers' dimensionality reduction); null: the teacher's size."""
     eval_max_length: int = 256
     """Tokens per text of the evaluation sets (Lee documents, SQuAD paragraphs, BBC article bodies)."""
     max_queries: int | None = 1000
@@ -43,4 +47,5 @@ class EmbeddingConfig:
         _check(8 <= self.eval_max_length <= 8192, "eval_max_length", self.eval_max_length, "an int in 8..8192")
         _check(self.max_queries is None or self.max_queries >= 1, "max_queries", self.max_queries,
                "null or an int >= 1")  # fmt: skip
+        _check(self.dim is None or self.dim >= 2, "dim", self.dim, "null or an int >= 2")
         _check(self.bbc_articles >= 10, "bbc_articles", self.bbc_articles, "an int >= 10")

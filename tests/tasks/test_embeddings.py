@@ -104,3 +104,29 @@ def test_options_refuse_no_kd_term():
 
         load_config(None, {"embedding": {"mse_weight": 0.0}})
     assert EmbeddingConfig(mse_weight=0.0, relation_weight=1.0).relation_weight == 1.0
+
+
+def test_a_reduced_student_outputs_the_teachers_top_principal_directions(capsys):
+    from conftest import tiny_sentence_encoder
+
+    teacher_emb = np.random.default_rng(0).normal(size=(400, 32)) * 8 * 0.5 ** np.arange(32)  # halving variances
+    task = EmbeddingTask(EmbeddingConfig(dim=4))
+    student = tiny_sentence_encoder()
+    task.adapt_student(student, tiny_sentence_encoder(seed=1))
+    ids = torch.tensor([[101, 2023, 2003, 102]])
+    before = student(ids).logits  # (1, 32), normalised
+    assert task.fits_to_teacher
+    task.fit_to_teacher(student, teacher_emb)
+    assert student.embedding_dim == 4 and task.components.shape == (4, 32)
+    assert "reduced 32 -> 4" in capsys.readouterr().out
+    # the top directions of a diagonal-variance cloud are (close to) the first axes
+    assert np.allclose(np.abs(task.components.numpy()[:, :4]), np.eye(4), atol=0.15)
+    after = student(ids).logits
+    expected = torch.nn.functional.normalize(before @ task.components.T, dim=-1)  # project, then re-normalise
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-4)
+    loss = task.kd_term(None)
+    t = torch.tensor(teacher_emb[:3], dtype=torch.float32)
+    s = torch.nn.functional.normalize(t @ task.components.T, dim=-1)
+    assert loss(s, t)[0].item() == pytest.approx(0.0, abs=1e-6)  # targets are projected the same way
+    with pytest.raises(DistilError, match="'embedding.dim': got 40; the teacher's embeddings have 32"):
+        EmbeddingTask(EmbeddingConfig(dim=40)).fit_to_teacher(tiny_sentence_encoder(), teacher_emb)

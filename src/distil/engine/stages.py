@@ -375,6 +375,9 @@ def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:
         soft = None
         if stage.data == "task" and stage.loss.logits_weight > 0 and not live_teacher:
             soft = run_soft_labels(ctx, teacher, dataset, kd_temperature=stage.loss.kd_temperature)
+        if stage.data == "task" and getattr(ctx.task, "fits_to_teacher", False):  # e.g. an embedding reduction
+            fitted = soft if soft is not None else run_soft_labels(ctx, teacher, dataset)
+            ctx.task.fit_to_teacher(student, fitted.logits)
         distiller = make_distiller(
             stage.loss, stage_teacher, student, soft, bf16_teacher=stage.train.bf16, task=ctx.task
         )
@@ -429,6 +432,8 @@ def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:
         saved["student"] = save_stage_model(ctx, "student", student, history)
     if cfg.baseline and (redo or not ctx.done("baseline")):
         student = build_student(ctx, teacher)
+        if getattr(ctx.task, "fits_to_teacher", False):  # the same reduction as the distilled student's
+            ctx.task.fit_to_teacher(student, run_soft_labels(ctx, teacher).logits)
         history = {
             "init": cfg.student.init,
             "layers": getattr(student, "distil_layer_map", None),

@@ -139,6 +139,23 @@ class SentenceEncoder(nn.Module):
         dense = {"out_features": out_features, "bias": True, "activation": "torch.nn.modules.linear.Identity"}
         self.settings.update(dense=dense)
 
+    @torch.no_grad()
+    def reduce(self, components: torch.Tensor) -> None:
+        """Project the output onto ``components`` (d, D) (rows: directions in the current D-d output space): the
+        Dense layer becomes ``components @ dense`` (or ``components`` itself without one), so the output is d-d."""
+        components = components.to(self.device, self.dtype)
+        if components.shape[1] != self.embedding_dim:
+            raise DistilError(
+                f"embedding reduction: components of size {components.shape[1]}, embeddings of {self.embedding_dim}"
+            )
+        if not isinstance(self.activation, nn.Identity):
+            raise DistilError("embedding reduction: the Dense layer has an activation; only linear maps compose")
+        weight = components if self.dense is None else components @ self.dense.weight
+        bias = None if self.dense is None or self.dense.bias is None else components @ self.dense.bias
+        self.set_projection(components.shape[0])
+        self.dense.weight.copy_(weight)
+        self.dense.bias.copy_(bias if bias is not None else torch.zeros_like(self.dense.bias))
+
     def forward(
         self,
         input_ids: torch.Tensor,

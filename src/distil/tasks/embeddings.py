@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -60,6 +61,9 @@ class EmbeddingTask:
     def __init__(self, options: EmbeddingConfig | None = None):
         self.options = options or EmbeddingConfig()
         self.truncated: dict[str, int] = {}
+        self.components: torch.Tensor | None = None
+        """With ``embedding.dim``: the (dim, D) principal directions of the teacher's training embeddings."""
+        self.normalize_targets = False
 
     # 1. data ---------------------------------------------------------------------------------------------------
     def prepare(self, cfg: DataConfig) -> TaskData:
@@ -102,8 +106,29 @@ class EmbeddingTask:
             print(f"student: a Dense projection {student.config.hidden_size} -> {teacher.embedding_dim} is added "
                   "(the teacher's embedding size), trained with it and kept in the saved student")  # fmt: skip
             student.set_projection(teacher.embedding_dim)
-        student.settings["normalize"] = teacher.settings["normalize"]
+        student.settings["normalize"] = self.normalize_targets = bool(teacher.settings["normalize"])
         return student
+
+    @property
+    def fits_to_teacher(self) -> bool:
+        """Whether students need `fit_to_teacher` (the teacher's training embeddings) before training."""
+        return self.options.dim is not None
+
+    def fit_to_teacher(self, student: SentenceEncoder, teacher_embeddings: np.ndarray) -> None:
+        """``embedding.dim``: PCA of (up to 20,000 of) the teacher's training embeddings; the student's output is
+        projected onto the top ``dim`` directions and the KD term projects the teacher's targets the same way."""
+        dim = self.options.dim
+        sample = np.asarray(teacher_embeddings[:20000], dtype=np.float64)  # (N, D)
+        if dim >= sample.shape[1]:
+            raise DistilError(
+                f"config key 'embedding.dim': got {dim}; the teacher's embeddings have {sample.shape[1]} dimensions, "
+                "so a reduction needs fewer"
+            )
+        if self.components is None:
+            _, _, vt = np.linalg.svd(sample - sample.mean(0), full_matrices=False)
+            self.components = torch.tensor(vt[:dim], dtype=torch.float32)  # (dim, D), applied without centring
+        student.reduce(self.components)
+        print(f"student: embeddings reduced {sample.shape[1]} -> {dim} (top principal components of the teacher's)")
 
     # 3. teacher signal -----------------------------------------------------------------------------------------
     signal_shapes: ClassVar[dict[str, tuple[str, ...]]] = {"logits": ("D",)}
@@ -113,7 +138,8 @@ class EmbeddingTask:
     # 4. KD term ------------------------------------------------------------------------------------------------
     def kd_term(self, loss: LossConfig) -> nn.Module:
         o = self.options
-        return EmbeddingKDLoss(o.mse_weight, o.cosine_weight, o.relation_weight)
+        return EmbeddingKDLoss(o.mse_weight, o.cosine_weight, o.relation_weight, self.components,
+                               self.normalize_targets)  # fmt: skip
 
     # 5. metric -------------------------------------------------------------------------------------------------
     best_metric: ClassVar[str] = "spearman"
@@ -197,17 +223,26 @@ class EmbeddingKDLoss(nn.Module):
 
     s, t: the student's and teacher's embeddings (B, D); S, T: their in-batch cosine-similarity matrices (B, B),
     which compare across widths and are unchanged by any rotation of either space. MSE is a mean over elements
-    (sentence-transformers' ``MSELoss``). Returns (total, {part: unweighted value}).
+    (sentence-transformers' ``MSELoss``). With ``target_projection`` P (d, D) the teacher's targets are t P^T
+    (re-normalised with ``normalize_targets``): a student reduced to d dimensions learns the teacher's top d
+    principal directions. Returns (total, {part: unweighted value}).
     """
 
-    def __init__(self, mse_weight: float = 1.0, cosine_weight: float = 0.0, relation_weight: float = 0.0):
+    def __init__(self, mse_weight: float = 1.0, cosine_weight: float = 0.0, relation_weight: float = 0.0,
+                 target_projection: Tensor | None = None, normalize_targets: bool = False):  # fmt: skip
         super().__init__()
         self.weights = {"mse": mse_weight, "cosine": cosine_weight, "relation": relation_weight}
+        self.register_buffer("projection", target_projection, persistent=False)
+        self.normalize_targets = normalize_targets
 
     def forward(self, student: Tensor, teacher: Tensor | None, labels: Tensor | None = None, **_) -> tuple:
         if teacher is None:
             raise DistilError("embeddings: a student learns only from a teacher here (the baseline stays untrained)")
         teacher = teacher.to(student.dtype)
+        if self.projection is not None:
+            teacher = teacher @ self.projection.to(teacher).T  # (B, d)
+            if self.normalize_targets:
+                teacher = F.normalize(teacher, dim=-1)
         parts: dict[str, Tensor] = {}
         if (self.weights["mse"] or self.weights["cosine"]) and student.shape != teacher.shape:
             raise DistilError(
