@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from distil.models.packaged import resolve_model
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -66,6 +68,19 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
     script = "import sys; from distil.config import dump_yaml, load_config; out = sys.argv[1]; "
     script += "open(out + '/config.yaml', 'w').write(dump_yaml(load_config(None, {'output_dir': out})))"
     subprocess.run([sys.executable, "-c", script, str(resumed)], check=True)
+    empty = tmp / "empty.txt"
+    empty.write_text("\n  \n")
+    minilm = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    mini = ["--teacher.model", minilm]
+    index, other = tmp / "index", tmp / "other-encoder"
+    (tmp / "corpus.txt").write_text("a fine film\na dull film\nthe market fell\n")
+    subprocess.run([sys.executable, "-m", "distil.cli", "index", minilm, str(tmp / "corpus.txt"), "--out", str(index)],
+                   check=True, capture_output=True)  # fmt: skip
+    script = "import sys; from distil.models.loading import load_pretrained, load_tokenizer; "
+    script += "from distil.models.sentence import SentenceEncoder as S; m = load_pretrained(S, sys.argv[1]); "
+    script += "m.set_projection(64); m.save_pretrained(sys.argv[2]); "
+    script += "load_tokenizer(sys.argv[1]).save_pretrained(sys.argv[2])"
+    subprocess.run([sys.executable, "-c", script, minilm, str(other)], check=True, capture_output=True)
     return [
         ("data file with 5 rows", ["run", "--data.source", _csv(tmp / "five.csv", many[:5]), *run("five")], None),
         ("--data.validation_fraction 0", ["run", "--data.validation_fraction", "0", *run("nofrac")], None),
@@ -141,6 +156,24 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
             ],
             tmp / "tok",
         ),  # fmt: skip
+        (
+            "embeddings: an empty corpus file",
+            ["run", "embeddings", *mini, "--data.source", str(empty), *run("e0")],
+            tmp / "e0",
+        ),
+        (
+            "embeddings: --embedding.dim 1000 (teacher 384-d)",
+            ["run", "embeddings", *mini, "--embedding.dim", "1000", *run("edim")],
+            tmp / "edim",
+        ),
+        (
+            "embeddings: --data.extra_test_sets [stsb]",
+            ["run", "embeddings", *mini, "--data.extra_test_sets", "[stsb]", *run("esets")],
+            tmp / "esets",
+        ),
+        ("index an empty corpus", ["index", minilm, str(empty), "--out", str(tmp / "idx0")], tmp / "idx0"),
+        ("search an index with another model", ["search", str(index), "a film", "--model", str(other)], None),
+        ("search a folder that is not an index", ["search", str(tmp), "a film"], None),
         (
             "--distill.learning_rate 2e-5 --distill.epochs abc",
             ["run", "--distill.learning_rate", "2e-5", "--distill.epochs", "abc", *run("sci")],

@@ -101,6 +101,12 @@ class EmbeddingTask:
         MSE and cosine terms compare vectors directly (the relation term needs none)."""
         if not isinstance(student, SentenceEncoder):
             raise DistilError(f"embeddings: the student is a {type(student).__name__}; use a Transformers encoder")
+        dim = self.options.dim
+        if dim is not None and dim >= teacher.embedding_dim:
+            raise DistilError(
+                f"config key 'embedding.dim': got {dim}; the teacher's embeddings have {teacher.embedding_dim} "
+                "dimensions, so a reduction needs fewer"
+            )
         needs_same = self.options.mse_weight > 0 or self.options.cosine_weight > 0
         if needs_same and student.embedding_dim != teacher.embedding_dim:
             print(f"student: a Dense projection {student.config.hidden_size} -> {teacher.embedding_dim} is added "
