@@ -130,3 +130,42 @@ def test_a_reduced_student_outputs_the_teachers_top_principal_directions(capsys)
     assert loss(s, t)[0].item() == pytest.approx(0.0, abs=1e-6)  # targets are projected the same way
     with pytest.raises(DistilError, match="'embedding.dim': got 40; the teacher's embeddings have 32"):
         EmbeddingTask(EmbeddingConfig(dim=40)).fit_to_teacher(tiny_sentence_encoder(), teacher_emb)
+
+
+def test_a_new_narrow_student_gets_a_projection_to_the_teachers_size(capsys):
+    from conftest import tiny_sentence_encoder
+
+    from distil.models.sentence import SentenceEncoder
+    from distil.models.student import student_from_config
+
+    teacher = tiny_sentence_encoder(pooling="cls")
+    student = student_from_config(teacher.config, num_hidden_layers=2, hidden_size=16, num_attention_heads=2,
+                                  intermediate_size=32, model_class=SentenceEncoder)  # fmt: skip
+    assert isinstance(student, SentenceEncoder) and student.embedding_dim == 16
+    assert student.settings["pooling"] == "cls"  # the teacher's pooling, from its config
+    EmbeddingTask().adapt_student(student, teacher)
+    assert student.embedding_dim == 32 and "projection 16 -> 32" in capsys.readouterr().out
+    assert student(torch.tensor([[101, 2023, 102]])).logits.shape == (1, 32)
+    relation_only = tiny_sentence_encoder()
+    relation_only.set_projection(8)
+    EmbeddingTask(EmbeddingConfig(mse_weight=0.0, relation_weight=1.0)).adapt_student(relation_only, teacher)
+    assert relation_only.embedding_dim == 8  # the relation term compares across sizes: no projection added
+
+
+def test_feature_terms_run_on_sentence_encoders():
+    from conftest import tiny_sentence_encoder
+
+    from distil.config import LossConfig
+    from distil.engine.distiller import Distiller
+    from distil.models.student import student_from_teacher
+
+    teacher = tiny_sentence_encoder()
+    student = student_from_teacher(teacher, [0, 2])
+    loss_cfg = LossConfig(hidden_weight=1.0, attention_weight=1.0)
+    distiller = Distiller(loss_cfg, teacher=teacher, student=student, task=EmbeddingTask())
+    batch = {"input_ids": torch.tensor([[101, 2023, 2003, 102], [101, 2009, 102, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])}  # fmt: skip
+    total, parts, logits = distiller.compute(student, batch, None, None)
+    assert {"mse", "hidden", "attention"} <= set(parts) and torch.isfinite(total) and logits.shape == (2, 32)
+    total.backward()
+    assert student.encoder.encoder.layer[0].attention.self.query.weight.grad is not None

@@ -28,8 +28,10 @@ HEAD_PAIRED_WEIGHTS = ("attention_weight", "attention_kl_weight", "minilm_attent
 
 
 def is_transformer(model: nn.Module) -> bool:
-    """True for a transformers model with one encoder layer stack (what feature capture hooks)."""
-    if not isinstance(model, PreTrainedModel):
+    """True for a transformers model with one encoder layer stack (what feature capture hooks), or a wrapper of one
+    (a sentence encoder: its ``base_model``)."""
+    if not isinstance(model if isinstance(model, PreTrainedModel) else getattr(model, "base_model", None),
+                      PreTrainedModel):  # fmt: skip
         return False
     try:
         encoder_layers(model)
@@ -147,6 +149,8 @@ def _logit_problems(teacher: nn.Module, student: nn.Module) -> dict[str, str]:
 
 def num_outputs(model: nn.Module) -> int | None:
     """Width of the logits: vocabulary size for an MLM head, label count for a classifier, None for a bare encoder."""
+    if not getattr(type(model), "labelled", True):  # a sentence encoder: the task's KD term checks sizes
+        return None
     if has_mlm_head(model):
         return getattr(model.get_output_embeddings(), "out_features", None)
     if isinstance(model, PreTrainedModel) and model.base_model is model:  # e.g. BertModel: no head, no logits yet

@@ -244,7 +244,7 @@ class EmbeddingKDLoss(nn.Module):
     def forward(self, student: Tensor, teacher: Tensor | None, labels: Tensor | None = None, **_) -> tuple:
         if teacher is None:
             raise DistilError("embeddings: a student learns only from a teacher here (the baseline stays untrained)")
-        teacher = teacher.to(student.dtype)
+        teacher = teacher.to(student.dtype).clone()  # a live teacher's output is an inference tensor
         if self.projection is not None:
             teacher = teacher @ self.projection.to(teacher).T  # (B, d)
             if self.normalize_targets:
