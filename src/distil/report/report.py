@@ -163,6 +163,10 @@ def _loss_summary(cfg) -> dict:
     """The objective of the (last) stage that trains the student on the task, with every weight > 0."""
     loss = cfg.stages[-1].loss if cfg.stages else cfg.loss
     summary = {"alpha": loss.alpha, "kd_temperature": loss.kd_temperature, "soft_loss": loss.soft_loss}
+    if cfg.task == "embeddings":  # no classes, no temperature: the embedding terms (docs/losses.md)
+        e = cfg.embedding
+        summary = {k: getattr(e, k) for k in ("mse_weight", "cosine_weight", "relation_weight") if getattr(e, k)}
+        summary.update({"dim": e.dim} if e.dim else {})
     summary.update({k: getattr(loss, k) for k in ("logits_weight", *FEATURE_WEIGHTS) if getattr(loss, k) != 0})
     if loss.uses_features:
         summary["layer_map"] = loss.layer_map
@@ -213,6 +217,7 @@ def verdicts(report: dict, level: float = 0.05) -> list[str]:
     for name, n in sizes.items():
         metric = set_metrics.get(name, info["metric"])
         s, b = models["student"][name][metric], models["baseline"][name][metric]
+        n = int(models["student"][name].get("queries", n))  # a retrieval set's unit is the query, not the row
         diff = s - b
         head = (
             f"{name}: distilled student {100 * diff:+.2f} points of {metric} vs the same student without teacher "
