@@ -14,6 +14,7 @@ from pathlib import Path
 
 from distil.config import LossConfig, RunConfig, flag_specs, load_config, parse_flag_value, run_flag_specs, set_dotted
 from distil.deploy.export_cli import add_export_parser, run_export_args
+from distil.deploy.search import build_index, search
 from distil.deploy.serving import load_student
 from distil.engine import stages as pipeline
 from distil.engine.inspect import inspect_main
@@ -220,8 +221,6 @@ def _answer(predictor, args: argparse.Namespace, lines: list[str], json) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from distil.deploy.search import build_index
-
     meta = build_index(args.model, args.corpus, args.out, variant=args.variant, batch_size=args.batch_size,
                        max_length=args.max_length, text_column=args.text_column)  # fmt: skip
     print(f"indexed {meta['count']} texts ({meta['dim']}-d, model {meta['model']}) into {args.out} "
@@ -231,8 +230,6 @@ def _index(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     import json
-
-    from distil.deploy.search import search
 
     results = search(args.index, args.queries, top_k=args.top_k, model=args.model, variant=args.variant,
                      batch_size=args.batch_size)  # fmt: skip

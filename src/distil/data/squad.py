@@ -377,7 +377,7 @@ def _carve(frame: pd.DataFrame, fractions: dict[str, float], cfg: DataConfig, wh
     return splits
 
 
-def _load_qa_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, int]]]:
+def load_qa_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, int]]]:
     """The train/validation/test questions of ``cfg.source`` and what reading dropped (held-out splits carved by
     article where the source has none; drops before a split are keyed 'all')."""
     fractions = {"validation": cfg.validation_fraction, "test": cfg.test_fraction}
@@ -454,7 +454,7 @@ def prepare_qa_data(cfg: DataConfig) -> TaskData:
     default = OUT_OF_DOMAIN if cfg.source == "squad" else ()
     names = cfg.extra_test_sets if cfg.extra_test_sets is not None else default
     extra = {name: _nonempty(_extra_test(name, cfg), name) for name in names}  # first: a wrong name fails fast
-    splits, dropped = _load_qa_splits(cfg)
+    splits, dropped = load_qa_splits(cfg)
     dropped.update({name: _dropped(frame) for name, frame in extra.items()})
     if cfg.max_train_samples:
         splits["train"] = splits["train"].iloc[: cfg.max_train_samples].reset_index(drop=True)

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from distil.data.sources import load_source
+from distil.deploy.serving import load_student
 from distil.errors import DistilError
 from distil.io import atomic_dir, read_json
 
@@ -117,8 +119,6 @@ def read_corpus(corpus: str | os.PathLike, text_column: str = "text") -> list[st
             raise DistilError(f"corpus '{corpus}' could not be read as UTF-8 text ({type(e).__name__}: {e})") from None
         texts = [t for t in texts if t.strip()]
     else:
-        from distil.data.sources import load_source
-
         frame = load_source(str(path))
         if isinstance(frame, dict):  # a dataset saved with save_to_disk: several splits
             raise DistilError(
@@ -151,7 +151,6 @@ def _present(value: Any) -> bool:
 
 
 def _load_encoder(model: str | os.PathLike, variant: str | None):
-    from distil.deploy.serving import load_student
 
     predictor = load_student(model, variant)
     if predictor.task.name != "embeddings":

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distil.config import DataConfig, LossConfig
-from distil.data.embedding_sets import EVAL_SETS, prepare_embedding_data
+from distil.data.embedding_sets import EVAL_SETS, lee_sts, prepare_embedding_data
 from distil.data.prepare import TaskData
 from distil.errors import DistilError
 from distil.models.sentence import SentenceEncoder
@@ -205,8 +205,6 @@ class EmbeddingTask:
     def test_evaluator(self, data_cfg: DataConfig, model_labels: list[str], batch_size: int) -> tuple:
         """(``Predictor -> {"spearman", "pearson", "test_rows"}``, "50 Lee documents"): Lee STS of any exported
         variant, read as in evaluation."""
-        from distil.data.embedding_sets import lee_sts
-
         lee = lee_sts()
         ratings = np.asarray(lee["ratings"].tolist())
         max_length = self.options.eval_max_length
