@@ -171,6 +171,8 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
             ["run", "embeddings", *mini, "--data.extra_test_sets", "[stsb]", *run("esets")],
             tmp / "esets",
         ),
+        ("embeddings with two teachers (teacher.additional)", ["run", "embeddings", *mini, "--teacher.additional",
+                                                              f"[{minilm}]", *run("e2t")], tmp / "e2t"),
         ("index an empty corpus", ["index", minilm, str(empty), "--out", str(tmp / "idx0")], tmp / "idx0"),
         ("search an index with another model", ["search", str(index), "a film", "--model", str(other)], None),
         ("search a folder that is not an index", ["search", str(tmp), "a film"], None),

@@ -55,6 +55,10 @@ def test_bbc_retrieval_pairs_each_title_with_its_own_body():
         title, body = articles[q["key"]]
         assert q["text"] == title and docs.set_index("key").loc[q["key"], "text"] == body
     assert frame.equals(bbc_retrieval(20, None, seed=0)[0])  # seeded
+    big, whole = bbc_retrieval(400, None, seed=0)
+    docs, queries = big[big.role == "doc"], big[big.role == "query"]
+    assert docs["text"].is_unique and queries["text"].is_unique  # one right document per query
+    assert len(whole) == 400
     assert not frame.equals(bbc_retrieval(20, None, seed=1)[0])
     assert len(bbc_retrieval(20, 5, seed=0)[0].query("role == 'query'")) == 5
 
@@ -71,11 +75,15 @@ def test_no_evaluation_text_and_no_chunk_of_a_held_out_article_is_trained_on():
     held = [normalise(t) for t in data.extra_tests["bbc"]["text"]]
     assert not train & set(held)
     keys = set(data.extra_tests["bbc"]["key"])
-    chunks = [
-        normalise(c) for k, title, body in bbc_articles() if k in keys for c in split_into_chunks(f"{title} {body}")
-    ]
-    assert chunks and not train & set(chunks)
+
+    def chunks(articles):
+        return {normalise(c) for _, title, body in articles for c in split_into_chunks(f"{title} {body}")}
+
+    held = chunks(a for a in bbc_articles() if a[0] in keys)
+    others = chunks(a for a in bbc_articles() if a[0] not in keys)
+    assert held and not (train & held) - others  # only a passage another article repeats (a quote) is trained on
     assert data.dropped["train"]["held_out_texts"] >= 30  # the whole articles, left out before chunking
+    assert len(data.held_out) == 30  # carried for general distillation and augmentation too
     assert len(data.splits["validation"]) == len(data.splits["test"]) == 50
     sizes = {k: set(v["text"]) for k, v in data.splits.items()}
     assert not sizes["train"] & sizes["test"] and not sizes["validation"] & sizes["test"]

@@ -183,3 +183,12 @@ def test_cli_bad_index_dir_exits_2(tmp_path, capsys):
     assert main(["search", str(tmp_path / "nowhere"), "query"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("distil: error: index '") and "no index.json; build one with `distil index" in err
+
+
+def test_a_folder_that_is_not_an_index_is_never_replaced(encoder_dir, corpus_file, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text("{}")
+    with pytest.raises(DistilError, match="exists and is not a search index"):
+        build_index(encoder_dir, corpus_file, run)
+    assert (run / "report.json").read_text() == "{}"

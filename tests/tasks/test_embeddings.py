@@ -169,3 +169,30 @@ def test_feature_terms_run_on_sentence_encoders():
     assert {"mse", "hidden", "attention"} <= set(parts) and torch.isfinite(total) and logits.shape == (2, 32)
     total.backward()
     assert student.encoder.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+def test_the_headline_falls_back_to_the_sets_a_run_has():
+    task = EmbeddingTask()
+    assert task.headline_for(["test", "lee", "squad"]) == ("lee", "spearman")
+    assert task.headline_for(["test", "bbc", "squad"]) == ("squad", "recall_at_10")
+    assert task.headline_for(["test"]) == ("test", "overlap_at_10")
+
+
+def test_an_untrained_baseline_gets_no_random_projection_and_reduction_is_idempotent():
+    from conftest import tiny_sentence_encoder
+
+    teacher = tiny_sentence_encoder()
+    narrow = tiny_sentence_encoder()
+    narrow.set_projection(8)
+    EmbeddingTask().adapt_student(narrow, teacher, untrained=True)
+    assert narrow.embedding_dim == 8
+    task = EmbeddingTask(EmbeddingConfig(dim=4))
+    student = tiny_sentence_encoder()
+    task.adapt_student(student, teacher)
+    emb = np.random.default_rng(0).normal(size=(50, 32))
+    task.fit_to_teacher(student, emb)
+    weight = student.dense.weight.clone()
+    task.fit_to_teacher(student, emb)  # a second task stage: nothing changes
+    assert student.embedding_dim == 4 and torch.equal(student.dense.weight, weight)
+    task.fit_to_teacher(narrow, emb)  # a baseline of another width is left as built
+    assert narrow.embedding_dim == 8

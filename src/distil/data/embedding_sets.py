@@ -114,12 +114,21 @@ def bbc_articles() -> list[tuple[str, str, str]]:
 
 def bbc_retrieval(n_articles: int, max_queries: int | None, seed: int) -> tuple[pd.DataFrame, set[str]]:
     """Title -> body retrieval on a seeded sample of ``n_articles`` BBC articles, and the normalised whole-article
-    texts (as the training corpus reads them) to hold out."""
-    articles = _sample(bbc_articles(), n_articles, seed)
+    texts (as the training corpus reads them) to hold out.
+
+    The corpus repeats some stories (136 bodies appear twice, some under another title): the sample is drawn from
+    articles whose title and body are both unique (so each query has exactly one right document), and every
+    article sharing a title or a body with the sample is held out of training too."""
+    every = bbc_articles()
+    titles = pd.Series([normalise(t) for _, t, _ in every]).value_counts()
+    bodies = pd.Series([normalise(b) for _, _, b in every]).value_counts()
+    unique = [a for a in every if titles[normalise(a[1])] == 1 and bodies[normalise(a[2])] == 1]
+    articles = _sample(unique, n_articles, seed)
     frame = _retrieval_frame(
         _sample([(k, title) for k, title, _ in articles], max_queries, seed), [(k, body) for k, _, body in articles]
     )
-    whole = {normalise(f"{title} {body}") for _, title, body in articles}
+    sampled = {normalise(t) for _, t, _ in articles} | {normalise(b) for _, _, b in articles}
+    whole = {normalise(f"{t} {b}") for _, t, b in every if normalise(t) in sampled or normalise(b) in sampled}
     return frame, whole
 
 
@@ -171,6 +180,7 @@ def prepare_embedding_data(cfg: DataConfig, emb: EmbeddingConfig) -> TaskData:
         },  # fmt: skip
         label_names=[],
         extra_tests=sets,
+        held_out=frozenset(whole_articles),
         dropped={"train": {"held_out_texts": corpus.removed_held_out}} if corpus.removed_held_out else {},
         skipped_empty={},
     )

@@ -22,6 +22,9 @@ class TaskData:
     label_names: list[str]
     extra_tests: dict[str, pd.DataFrame] = field(default_factory=dict)
     skipped_empty: dict[str, int] = field(default_factory=dict)
+    held_out: frozenset[str] = frozenset()
+    """Normalised texts never to train on beyond the held-out splits' own (the whole articles of an evaluation
+    sample whose titles and bodies are the split's rows), for general distillation and augmentation too."""
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per split (and extra test set): rows dropped while reading, by reason (e.g. answers whose offsets do not
     match)."""

@@ -202,6 +202,12 @@ def build_index(
         raise DistilError(f"batch_size={batch_size}: must be >= 1")
     if max_length is not None and max_length < 2:
         raise DistilError(f"max_length={max_length}: must be >= 2")
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not (target / META_FILE).is_file():
+        raise DistilError(
+            f"--out '{target}' exists and is not a search index (no {META_FILE}); an index replaces its folder "
+            "whole: give a new or empty folder, or an existing index"
+        )
     texts = read_corpus(corpus, text_column)
     start = time.perf_counter()
     predictor = _load_encoder(model, variant)

@@ -109,7 +109,7 @@ class Context:
     def held_out(self) -> frozenset[str]:
         """Normalised texts of the validation, test and extra test sets: never trained on."""
         if self._held_out is None:
-            self._held_out = held_out_texts(self.data.splits, self.data.extra_tests)
+            self._held_out = held_out_texts(self.data.splits, self.data.extra_tests) | self.data.held_out
         return self._held_out
 
     def tokenizer_of(self, stage: str):
@@ -153,6 +153,11 @@ def check_models(ctx: Context) -> None:
     shapes), so a bad student or recipe costs seconds, not the teacher's training."""
     if any(stage.augment for stage in student_stages(ctx.cfg)) and ctx.cfg.augment.enabled:
         ctx.cfg.augment.check_model()
+    if ctx.cfg.teacher.additional and not getattr(ctx.task.auto_model_class, "labelled", True):
+        raise DistilError(
+            f"teacher.additional: several teachers are combined as class probabilities; a {ctx.task.name} teacher "
+            "writes vectors: distil one teacher (teacher.additional: [])"
+        )
     teacher = load_stage_model(ctx, "teacher") if ctx.done("teacher") else _general_teacher(ctx)
     student = build_student(ctx, teacher)
     check_model_pair(student_stages(ctx.cfg), teacher, student)
@@ -199,7 +204,7 @@ def _fit(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
-    best = trainer.evaluate()
+    best = trainer.evaluate() if evaluate else {}  # without validation the last weights are kept
     return {
         "train_seconds": seconds,
         "train_steps": result.global_step,
@@ -286,8 +291,9 @@ def run_soft_labels(ctx: Context, teacher=None, dataset_name: str = "train", kd_
     return soft
 
 
-def build_student(ctx: Context, teacher) -> torch.nn.Module:
-    """A fresh student as configured (the same one for the distilled run and the baseline)."""
+def build_student(ctx: Context, teacher, untrained: bool = False) -> torch.nn.Module:
+    """A fresh student as configured (the same one for the distilled run and the baseline); ``untrained``: the
+    baseline of a task without labels, which is used as built (no learned parts are added to it)."""
     s, data = ctx.cfg.student, ctx.data
     set_seed(ctx.cfg.seed)
     if s.init == "teacher-layers":
@@ -328,7 +334,7 @@ def build_student(ctx: Context, teacher) -> torch.nn.Module:
             )
         )
     adapt = getattr(ctx.task, "adapt_student", None)  # e.g. a projection to the teacher's embedding size
-    return (adapt(student, teacher) if adapt is not None else student).train()
+    return (adapt(student, teacher, untrained=untrained) if adapt is not None else student).train()
 
 
 def student_stages(cfg: RunConfig) -> list[StageConfig]:
@@ -367,6 +373,8 @@ def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:
         work = stage.name if len(stages) > 1 else "student"
         kept = ctx.out / "work" / "stages" / f"{stage.name}.safetensors"
         if not final and ctx.resume and kept.is_file():
+            if getattr(ctx.task, "fits_to_teacher", False):  # the kept weights are those of a reduced student
+                ctx.task.fit_to_teacher(student, run_soft_labels(ctx, teacher).logits)
             load_model(student, str(kept))
             print(f"stage {stage.name}: done (kept {kept})")
             continue
@@ -431,7 +439,8 @@ def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:
         ctx.timings["student"] = history["train_seconds"]
         saved["student"] = save_stage_model(ctx, "student", student, history)
     if cfg.baseline and (redo or not ctx.done("baseline")):
-        student = build_student(ctx, teacher)
+        untrained = not getattr(ctx.task, "trains_baseline", True)
+        student = build_student(ctx, teacher, untrained=untrained)
         if getattr(ctx.task, "fits_to_teacher", False):  # the same reduction as the distilled student's
             ctx.task.fit_to_teacher(student, run_soft_labels(ctx, teacher).logits)
         history = {

@@ -444,6 +444,9 @@ def soft_labels_for(
         "tokenizer": type(tokenizer).__name__,
         "vocab": vocabulary_fingerprint(tokenizer),
     }
+    sentence = getattr(getattr(teacher, "config", None), "distil_sentence", None)
+    if sentence is not None:  # a sentence encoder: pooling, projection and normalisation shape its output
+        settings["sentence"] = sentence
     spec = signal_spec(DEFAULT_SIGNALS if signals is None else signals, per_token)
     key = fingerprint(teacher_hash or hash_model(teacher), hash_dataset(dataset), settings, task=task, signal=spec)
     config = getattr(teacher, "config", None)

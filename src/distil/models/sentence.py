@@ -50,10 +50,9 @@ _ST = "sentence_transformers.models."
 
 @dataclass
 class SentenceOutput(ModelOutput):
-    """``logits``: the sentence embeddings (B, D); ``token_embeddings``: the encoder's last hidden states."""
+    """``logits``: the sentence embeddings (B, D)."""
 
     logits: torch.Tensor | None = None
-    token_embeddings: torch.Tensor | None = None
     hidden_states: tuple | None = None
     attentions: tuple | None = None
 
@@ -176,9 +175,8 @@ class SentenceEncoder(nn.Module):
             embedding = self.activation(self.dense(embedding))  # (B, D)
         if self.settings["normalize"]:
             embedding = F.normalize(embedding, p=2, dim=-1)
-        return SentenceOutput(
+        return SentenceOutput(  # token embeddings stay out: the Trainer would gather (N, L, H) arrays
             logits=embedding,
-            token_embeddings=tokens,
             hidden_states=getattr(out, "hidden_states", None),
             attentions=getattr(out, "attentions", None),
         )

@@ -37,8 +37,8 @@ def evaluate_split(model, dataset, collator, num_labels: int, batch_size: int = 
 
 
 def size_on_disk(model_dir: str | Path) -> int:
-    """Bytes of the weight files (safetensors) in a saved model directory."""
-    return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+    """Bytes of the weight files (safetensors) in a saved model directory and its module folders (2_Dense)."""
+    return sum(p.stat().st_size for p in Path(model_dir).rglob("*.safetensors"))
 
 
 def _dummy_batch(vocab_size: int, batch: int, seq_len: int, takes_token_types: bool) -> dict[str, torch.Tensor]:

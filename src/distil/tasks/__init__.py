@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from distil.errors import DistilError
+from distil.options import EmbeddingConfig
 from distil.tasks.base import Task
 from distil.tasks.classification import ClassificationTask
 from distil.tasks.embeddings import EmbeddingTask
@@ -35,7 +36,8 @@ def task_for_model(config: dict) -> Task:
     """The task a saved model serves, from its config.json (``architectures``; a distil LSTM's ``per_token``)."""
     names = config.get("architectures") or []
     if "distil_sentence" in config:  # a SentenceEncoder's settings (distil.models.sentence.SENTENCE_KEY)
-        return EmbeddingTask()
+        length = (config["distil_sentence"] or {}).get("max_seq_length") or EmbeddingConfig.eval_max_length
+        return EmbeddingTask(EmbeddingConfig(eval_max_length=int(length)))
     if any(str(n).endswith("ForQuestionAnswering") for n in names):
         return QuestionAnsweringTask(**config.get("distil_qa", {}))
     if any(str(n).endswith("ForTokenClassification") for n in names) or config.get("per_token"):

@@ -55,8 +55,6 @@ class EmbeddingTask:
     """The baseline is the student as built, untrained (there are no labels to train it on)."""
     validates: ClassVar[bool] = False
     """No validation pass while training: the last weights are kept (validation scores need the teacher)."""
-    headline_set: ClassVar[str] = "lee"
-    """The evaluation set whose ``best_metric`` the report's retention and title use."""
 
     def __init__(self, options: EmbeddingConfig | None = None):
         self.options = options or EmbeddingConfig()
@@ -96,9 +94,10 @@ class EmbeddingTask:
     # 2. model --------------------------------------------------------------------------------------------------
     auto_model_class: ClassVar[type] = SentenceEncoder
 
-    def adapt_student(self, student: SentenceEncoder, teacher: SentenceEncoder) -> SentenceEncoder:
+    def adapt_student(self, student: SentenceEncoder, teacher: SentenceEncoder, untrained: bool = False):
         """A student whose embedding size differs from the teacher's gets a learned Dense projection to it, so the
-        MSE and cosine terms compare vectors directly (the relation term needs none)."""
+        MSE and cosine terms (and a reduction by ``embedding.dim``) compare vectors directly; the relation term
+        needs none. ``untrained`` (the baseline): no projection, whose random weights would only distort it."""
         if not isinstance(student, SentenceEncoder):
             raise DistilError(f"embeddings: the student is a {type(student).__name__}; use a Transformers encoder")
         dim = self.options.dim
@@ -107,8 +106,8 @@ class EmbeddingTask:
                 f"config key 'embedding.dim': got {dim}; the teacher's embeddings have {teacher.embedding_dim} "
                 "dimensions, so a reduction needs fewer"
             )
-        needs_same = self.options.mse_weight > 0 or self.options.cosine_weight > 0
-        if needs_same and student.embedding_dim != teacher.embedding_dim:
+        needs_same = self.options.mse_weight > 0 or self.options.cosine_weight > 0 or dim is not None
+        if needs_same and not untrained and student.embedding_dim != teacher.embedding_dim:
             print(f"student: a Dense projection {student.config.hidden_size} -> {teacher.embedding_dim} is added "
                   "(the teacher's embedding size), trained with it and kept in the saved student")  # fmt: skip
             student.set_projection(teacher.embedding_dim)
@@ -125,6 +124,11 @@ class EmbeddingTask:
         projected onto the top ``dim`` directions and the KD term projects the teacher's targets the same way."""
         dim = self.options.dim
         sample = np.asarray(teacher_embeddings[:20000], dtype=np.float64)  # (N, D)
+        if student.embedding_dim == dim:  # already reduced (a second task stage, a resumed stage)
+            return
+        if student.embedding_dim != sample.shape[1]:  # an untrained baseline of another width: left as built
+            print(f"baseline: {student.embedding_dim}-d, not reduced (the components live in the teacher's space)")
+            return
         if dim >= sample.shape[1]:
             raise DistilError(
                 f"config key 'embedding.dim': got {dim}; the teacher's embeddings have {sample.shape[1]} dimensions, "
@@ -161,6 +165,12 @@ class EmbeddingTask:
         ("test", "cosine_to_teacher", "test cos to teacher"),
     )
     """(evaluation set, metric, column title) of the report's table; sets that did not run are left out."""
+
+    def headline_for(self, sets: Sequence[str]) -> tuple[str, str]:
+        """(evaluation set, metric) of the report's headline: Lee Spearman, else the first retrieval set's
+        recall@10, else fidelity on the test split (whichever the run evaluated)."""
+        name = next((s for s in (*EVAL_SETS, "test") if s in sets), "test")
+        return name, self.set_metric(name)
 
     def set_metric(self, name: str) -> str:
         """The number the verdicts compare on evaluation set ``name``."""
@@ -200,7 +210,8 @@ class EmbeddingTask:
     # 6. serving ------------------------------------------------------------------------------------------------
     def serve(self, predictor, texts, batch_size: int, max_length: int | None) -> list[dict]:
         """{"embedding": [floats]} per text, from any variant (`distil.deploy.serving.Predictor`)."""
-        return self.postprocess(predictor.logits(texts, batch_size=batch_size, max_length=max_length or 256), [])
+        max_length = max_length or self.options.eval_max_length  # a saved model's: its max_seq_length
+        return self.postprocess(predictor.logits(texts, batch_size=batch_size, max_length=max_length), [])
 
     def test_evaluator(self, data_cfg: DataConfig, model_labels: list[str], batch_size: int) -> tuple:
         """(``Predictor -> {"spearman", "pearson", "test_rows"}``, "50 Lee documents"): Lee STS of any exported
