@@ -76,7 +76,11 @@ def test_the_report_scores_sts_retrieval_and_fidelity(emb_run):
 def test_the_distilled_student_moved_towards_the_teacher(emb_run):
     report = json.loads((emb_run / "report.json").read_text())
     s, b = report["models"]["student"]["test"], report["models"]["baseline"]["test"]
-    assert s["cosine_to_teacher"] > b["cosine_to_teacher"] + 0.1
+    assert "cosine_to_teacher" not in b  # the untrained baseline keeps its 16 dimensions: no random projection
+    assert s["cosine_to_teacher"] > 0.5  # a random 16 -> 32 projection would give about 0
+    history = json.loads((emb_run / "student" / "training_history.json").read_text())
+    losses = [e["loss_mse"] for e in history["log_history"] if "loss_mse" in e]
+    assert len(losses) >= 2 and losses[-1] < losses[0]
     assert (emb_run / "student" / "2_Dense" / "model.safetensors").is_file()  # the projection is kept
 
 
