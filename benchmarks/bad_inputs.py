@@ -71,7 +71,7 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
     empty = tmp / "empty.txt"
     empty.write_text("\n  \n")
     minilm = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
-    mini = ["--teacher.model", minilm]
+    mini = ["--teacher.model", minilm, "--student.layers", "[0, 5]"]
     index, other = tmp / "index", tmp / "other-encoder"
     (tmp / "corpus.txt").write_text("a fine film\na dull film\nthe market fell\n")
     subprocess.run([sys.executable, "-m", "distil.cli", "index", minilm, str(tmp / "corpus.txt"), "--out", str(index)],

@@ -189,7 +189,8 @@ def read_corpus(
         texts = kept
     if not texts:
         raise DistilError(
-            f"unlabelled data '{source}' has no non-empty text (after removing {removed} held-out texts)"
+            f"unlabelled data '{source}' has no non-empty text (after removing {removed} held-out texts); give a "
+            "file with one text per line, or a source with a text column"
         )
     return Corpus(texts[:max_rows] if max_rows else texts, removed)
 

@@ -155,8 +155,8 @@ def check_models(ctx: Context) -> None:
         ctx.cfg.augment.check_model()
     if ctx.cfg.teacher.additional and not getattr(ctx.task.auto_model_class, "labelled", True):
         raise DistilError(
-            f"teacher.additional: several teachers are combined as class probabilities; a {ctx.task.name} teacher "
-            "writes vectors: distil one teacher (teacher.additional: [])"
+            f"teacher.additional: several teachers are combined as class probabilities; the {ctx.task.name} task's "
+            "teacher writes vectors: distil one teacher (teacher.additional: [])"
         )
     teacher = load_stage_model(ctx, "teacher") if ctx.done("teacher") else _general_teacher(ctx)
     student = build_student(ctx, teacher)
