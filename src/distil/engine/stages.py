@@ -450,7 +450,7 @@ def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:
             "description": baseline_description(cfg, ctx.task.best_metric),
             "train": to_dict(cfg.distill),
         }
-        if getattr(ctx.task, "trains_baseline", True):
+        if not untrained:
             history.update(_fit(ctx, "baseline", student, cfg.distill))
         else:  # no labels to train on: the student as built (an embeddings student: the cut model, its pooling)
             history.update(loss="none (untrained)", train=None, train_seconds=0.0, description=(

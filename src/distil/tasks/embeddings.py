@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from distil.config import DataConfig, LossConfig
 from distil.data.embedding_sets import EVAL_SETS, lee_sts, prepare_embedding_data
-from distil.data.prepare import TaskData
+from distil.data.prepare import TaskData, tokenize_frame
 from distil.errors import DistilError
 from distil.models.sentence import SentenceEncoder
 from distil.options import EmbeddingConfig
@@ -75,12 +75,7 @@ class EmbeddingTask:
 
         if name.startswith("extra:"):
             max_length = self.options.eval_max_length
-        enc = tokenizer(frame["text"].tolist(), truncation=True, max_length=max_length, padding=False)
-        columns = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-        if "token_type_ids" in enc:
-            columns["token_type_ids"] = enc["token_type_ids"]
-        columns["idx"] = list(range(len(frame)))
-        columns["length"] = [len(ids) for ids in enc["input_ids"]]
+        columns = tokenize_frame(frame[["text"]], tokenizer, max_length)  # ids, mask, [types], idx, length
         columns["role"] = frame["role"].astype(str).tolist()
         columns["key"] = frame["key"].astype(str).tolist()
         if name.startswith("extra:") and frame["ratings"].notna().any():
