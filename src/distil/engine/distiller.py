@@ -79,6 +79,10 @@ class Distiller(nn.Module):
         self.kd_term = task.kd_term(loss_cfg)
         self.per_token = task.per_token  # the signal has a position axis (B, L, C): looked up at the batch's length
         self.token_loss = task.token_loss  # the KD term is a mean over the accumulated batch's labelled tokens
+        self.read_cached = getattr(task, "read_cached", None)  # the task's own view of its cached arrays
+        on_policy = getattr(task, "on_policy", None)
+        self.on_policy = on_policy() if on_policy is not None and teacher is not None else None
+        self._coin = torch.Generator().manual_seed(0)  # which batches are on-policy: seeded, resume-independent
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         if teacher is not None and student is not None:
             problems = term_problems(loss_cfg, teacher, student)
@@ -127,14 +131,22 @@ class Distiller(nn.Module):
         if self.soft_labels is not None:
             if idx is None:
                 raise DistilError("cached soft labels need the batch's row indices ('idx'); keep the idx column")
+            if self.read_cached is not None:  # a task's own arrays (a causal LM's top-k and tail)
+                return self.read_cached(self.soft_labels, idx, inputs["input_ids"].shape[1])
             if self.per_token:
                 return self.soft_labels.lookup(idx, length=inputs["input_ids"].shape[1])  # (B, L, C)
             return self.soft_labels.lookup(idx)  # (B, C)
         with torch.inference_mode():
             return logits_of(self.teacher(**inputs)).float()
 
-    def _run_teacher(self, inputs: dict[str, Tensor], idx: Tensor | None) -> tuple[Tensor | None, Features | None]:
-        """(teacher logits or None, teacher Features or None); the teacher runs only when something needs it."""
+    def _run_teacher(
+        self, inputs: dict[str, Tensor], idx: Tensor | None, live: bool = False
+    ) -> tuple[Tensor | None, Features | None]:
+        """(teacher logits or None, teacher Features or None); the teacher runs only when something needs it, or
+        always with ``live`` (text the cache has not seen: an on-policy batch)."""
+        if live:
+            with torch.inference_mode():
+                return logits_of(self.teacher(**inputs)).float(), None
         wants_logits = self.loss_cfg.logits_weight > 0
         cached = self.teacher_logits(inputs, idx) if wants_logits and self.soft_labels is not None else None
         if self.teacher_tap is None:
@@ -216,10 +228,14 @@ class Distiller(nn.Module):
                 "(token ids to predict, -100 elsewhere) or set mlm_weight to 0"
             )
         inputs, teacher_inputs = split_inputs(inputs)
+        on_policy = self._on_policy_batch(model, inputs, labels, num_items)
+        if on_policy is not None:  # the student's own continuation, scored by the live teacher
+            inputs, labels, num_items = on_policy
+            teacher_inputs = inputs
         mask = inputs.get("attention_mask")
         if teacher_inputs is not inputs and self.teacher_tap is not None:
             self._check_aligned(inputs, teacher_inputs)
-        teacher_logits, teacher_feats = self._run_teacher(teacher_inputs, idx)
+        teacher_logits, teacher_feats = self._run_teacher(teacher_inputs, idx, live=on_policy is not None)
         if self.student_tap is None:
             logits, student_feats = logits_of(model(**inputs)), None
         else:
@@ -239,6 +255,46 @@ class Distiller(nn.Module):
         summed.update(features)
         total, _ = combine(summed, {name: w for name, w in weights.items() if name in summed})
         return total, parts, logits
+
+    def _on_policy_batch(
+        self, model: nn.Module, inputs: dict[str, Tensor], labels: Tensor | None, num_items: int | None
+    ) -> tuple[dict[str, Tensor], Tensor, int | None] | None:
+        """With probability ``lmbda`` (GKD's on-policy fraction), the batch the student trains on is its own sampled
+        continuation of each row's first ``prompt`` tokens: (inputs, labels with -100 on the prompt and after the
+        end, num_items rescaled so the batch keeps its share of the accumulated mean); else None.
+
+        Rows shorter than the prompt make the batch stay off-policy (the prompt must be whole in every row).
+        """
+        if self.on_policy is None or not model.training or labels is None:
+            return None
+        lmbda, prompt, new_tokens = self.on_policy
+        if float(torch.rand((), generator=self._coin)) >= lmbda:
+            return None
+        mask = inputs.get("attention_mask")
+        if inputs["input_ids"].shape[1] < prompt or (mask is not None and not bool(mask[:, :prompt].all())):
+            return None
+        ids = inputs["input_ids"][:, :prompt]  # (B, P)
+        pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
+        pad = getattr(model.config, "eos_token_id", 0) if pad is None else pad
+        pad = pad[0] if isinstance(pad, list) else pad
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                do_sample=True,
+                top_k=0,
+                pad_token_id=pad,
+            )  # (B, P + N')
+        generated = out[:, prompt:]  # (B, N')
+        finished = torch.cumsum((generated == pad).long(), dim=1) > 1  # after the first end token: padding
+        new_mask = torch.cat([torch.ones_like(ids), (~finished).long()], dim=1)  # (B, P + N')
+        new_labels = out.masked_fill(new_mask == 0, IGNORE_INDEX)
+        new_labels[:, :prompt] = IGNORE_INDEX
+        if num_items is not None:  # this micro-batch keeps the weight its original tokens had in the accumulated mean
+            own = max(1, int((labels[:, 1:] != IGNORE_INDEX).sum()))
+            num_items = max(1, round(num_items * int((new_labels[:, 1:] != IGNORE_INDEX).sum()) / own))
+        return {"input_ids": out, "attention_mask": new_mask}, new_labels, num_items
 
     @staticmethod
     def _check_aligned(inputs: dict[str, Tensor], teacher_inputs: dict[str, Tensor]) -> None:
@@ -313,7 +369,8 @@ def make_distiller(
     """The distiller a stage needs. With logits only and cached soft labels the teacher is not kept (it never
     runs, nor moves to the device). ``bf16_teacher`` (a bf16 run, where the trainer autocasts the distiller): a
     live teacher runs from `bf16_linear_copy`; the given teacher is left as it is."""
-    if not loss_cfg.uses_features and soft_labels is not None:
+    on_policy = getattr(task, "on_policy", None)
+    if not loss_cfg.uses_features and soft_labels is not None and (on_policy is None or on_policy() is None):
         return Distiller(loss_cfg, soft_labels=soft_labels, task=task)
     if bf16_teacher:
         teacher = bf16_linear_copy(teacher)

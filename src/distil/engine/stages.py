@@ -120,7 +120,9 @@ class Context:
         """Read, split and tokenise the data once per process (the teacher's tokenizer is the run's)."""
         if self.data is not None:
             return
-        self.tokenizer = load_tokenizer(resolve_model(self.cfg.teacher.model))
+        own_loader = getattr(self.task, "load_tokenizer", None)  # e.g. a causal LM's GGUF file
+        teacher_path = resolve_model(self.cfg.teacher.model)
+        self.tokenizer = own_loader(teacher_path, self.cfg.cache_path) if own_loader else load_tokenizer(teacher_path)
         s = self.cfg.student
         if s.init == "pretrained":
             own = load_tokenizer(resolve_model(s.pretrained))
@@ -159,6 +161,12 @@ def check_models(ctx: Context) -> None:
             "teacher writes vectors: distil one teacher (teacher.additional: [])"
         )
     teacher = load_stage_model(ctx, "teacher") if ctx.done("teacher") else _general_teacher(ctx)
+    positions = getattr(teacher.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and ctx.cfg.data.max_length > positions:
+        raise DistilError(
+            f"data.max_length={ctx.cfg.data.max_length}: longer than the teacher reads ({positions} positions); "
+            f"use at most {positions}"
+        )
     student = build_student(ctx, teacher)
     check_model_pair(student_stages(ctx.cfg), teacher, student)
 
@@ -175,6 +183,7 @@ def _fit(
 ) -> dict:
     """Train ``model`` with the Trainer (resuming from the stage's last checkpoint), keep the best on validation.
     ``student``: the model reads the student's datasets (false for the teacher)."""
+    evaluate = evaluate and getattr(ctx.task, "validates", True)  # a task without a validation pass keeps the last
     work = ctx.out / "work" / stage
     if not ctx.resume and work.exists():
         shutil.rmtree(work)
@@ -218,15 +227,9 @@ def _fit(
 
 def run_teacher(ctx: Context) -> Path:
     """Stage 1: load the teacher; fine-tune it on the task unless it is used as is; save it to teacher/."""
-    cfg, data = ctx.cfg, ctx.data
+    cfg = ctx.cfg
     set_seed(cfg.seed)
-    teacher = load_classifier(
-        resolve_model(cfg.teacher.model),
-        auto_class=ctx.task.auto_model_class,
-        num_labels=len(data.label_names),
-        id2label=data.id2label,
-        label2id=data.label2id,
-    )
+    teacher = _load_teacher(ctx)
     fine_tune = cfg.teacher.fine_tune and getattr(ctx.task, "trains_teacher", True)
     if cfg.teacher.fine_tune and not fine_tune:
         print(f"teacher: used as it is (a {ctx.task.name} teacher is not fine-tuned; teacher.fine_tune is ignored)")
@@ -263,6 +266,7 @@ def run_soft_labels(ctx: Context, teacher=None, dataset_name: str = "train", kd_
             **common,
         )
     else:
+        signals = getattr(ctx.task, "signals", None)  # a task's own arrays (a causal LM's top-k), else logits
         soft = soft_labels_for(
             teacher,
             ctx.tokenizer,
@@ -271,23 +275,26 @@ def run_soft_labels(ctx: Context, teacher=None, dataset_name: str = "train", kd_
             cfg.cache_path,
             per_token=ctx.task.per_token,
             task=ctx.task.name,
+            signals=signals(teacher.config.vocab_size) if signals is not None else None,
+            signal_settings=ctx.task.signal_settings() if signals is not None else None,
             **common,
         )
     seconds = time.perf_counter() - start
     ctx.timings[f"soft_labels:{dataset_name}"] = seconds
-    write_json(
-        ctx.out / "soft_labels.json",
-        {
-            "fingerprint": soft.fingerprint,
-            "status": soft.status,
-            "path": str(soft.path),
-            "shape": list(soft.logits.shape),
-            "rows": dataset_name,
-            "seconds": round(seconds, 2),
-            "teachers": 1 + len(cfg.teacher.additional),
-        },
-    )
-    print(f"soft labels: {soft.status} {soft.path} {tuple(soft.logits.shape)} in {seconds:.1f}s")
+    shape = next(iter(soft.arrays.values())).data.shape  # the logits, or a task's first array
+    info = {
+        "fingerprint": soft.fingerprint,
+        "status": soft.status,
+        "path": str(soft.path),
+        "shape": list(shape),
+        "rows": dataset_name,
+        "seconds": round(seconds, 2),
+        "teachers": 1 + len(cfg.teacher.additional),
+    }
+    if hasattr(ctx.task, "bytes_per_token"):
+        info["bytes_per_token"] = round(ctx.task.bytes_per_token(soft), 1)
+    write_json(ctx.out / "soft_labels.json", info)
+    print(f"soft labels: {soft.status} {soft.path} {tuple(shape)} in {seconds:.1f}s")
     return soft
 
 
@@ -351,15 +358,26 @@ def student_stages(cfg: RunConfig) -> list[StageConfig]:
     return stages
 
 
+def _load_teacher(ctx: Context):
+    """The configured teacher as it is: with the task's head (new when the checkpoint has none), or through the
+    task's own loader (a causal LM's GGUF file, dequantised once into the cache)."""
+    path = resolve_model(ctx.cfg.teacher.model)
+    own_loader = getattr(ctx.task, "load_teacher", None)
+    if own_loader is not None:
+        return own_loader(path, ctx.cfg.cache_path)
+    data = ctx.data
+    return load_classifier(
+        path,
+        auto_class=ctx.task.auto_model_class,
+        num_labels=len(data.label_names),
+        id2label=data.id2label,
+        label2id=data.label2id,
+    )
+
+
 def _general_teacher(ctx: Context):
     """General distillation learns from the pretrained encoder, before any task fine-tuning (TinyBERT, MiniLM)."""
-    return load_classifier(
-        resolve_model(ctx.cfg.teacher.model),
-        auto_class=ctx.task.auto_model_class,
-        num_labels=len(ctx.data.label_names),
-        id2label=ctx.data.id2label,
-        label2id=ctx.data.label2id,
-    ).eval()
+    return _load_teacher(ctx).eval()
 
 
 def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:

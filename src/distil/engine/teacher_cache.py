@@ -324,9 +324,16 @@ DEFAULT_SIGNALS: dict[str, SignalReader] = {"logits": logits_of}
 """The default signal: the model's logits (`distil.models.inference.logits_of`; a span head's start/end stacked)."""
 
 
+COMPACT_DTYPES = (torch.float16, torch.uint16, torch.int32)
+"""Signal dtypes stored as they are (a causal LM's top-k log-probabilities and token ids)."""
+
+
 def _as_stored(values: torch.Tensor) -> np.ndarray:
-    """A signal batch on the CPU as stored: floating as float32 (bf16 included), integers as int64."""
+    """A signal batch on the CPU as stored: float16, uint16 and int32 as they are; other floating dtypes as float32
+    (bf16 included), other integers as int64."""
     values = values.detach().cpu()
+    if values.dtype in COMPACT_DTYPES:
+        return values.numpy()
     return (values.float() if values.is_floating_point() else values.long()).numpy()
 
 
@@ -426,6 +433,7 @@ def soft_labels_for(
     per_token: bool = False,
     task: str = "classification",
     signals: Mapping[str, SignalReader] | None = None,
+    signal_settings: dict | None = None,
 ) -> SoftLabels:
     """Verified teacher outputs on ``dataset``: from the cache, or computed once and stored.
 
@@ -438,6 +446,7 @@ def soft_labels_for(
         task: the task's name, part of the key.
         signals: name -> reader of the teacher's output (default ``{"logits": logits_of}``); names and kinds
             are part of the key.
+        signal_settings: what else shapes the readers' output (a causal LM's top-k), part of the key.
     """
     settings = {
         "max_length": max_length,
@@ -447,6 +456,8 @@ def soft_labels_for(
     sentence = getattr(getattr(teacher, "config", None), "distil_sentence", None)
     if sentence is not None:  # a sentence encoder: pooling, projection and normalisation shape its output
         settings["sentence"] = sentence
+    if signal_settings:
+        settings["signal"] = signal_settings
     spec = signal_spec(DEFAULT_SIGNALS if signals is None else signals, per_token)
     key = fingerprint(teacher_hash or hash_model(teacher), hash_dataset(dataset), settings, task=task, signal=spec)
     config = getattr(teacher, "config", None)

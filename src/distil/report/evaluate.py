@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,21 @@ from distil.models.inference import logits_of, longest_first_batches
 from distil.tasks.classification import classification_metrics
 
 
-def predict_logits(model, dataset, collator, batch_size: int = 64, desc: str = "predict") -> np.ndarray:
+def predict_logits(
+    model, dataset, collator, batch_size: int = 64, desc: str = "predict", reduce: Callable | None = None
+) -> np.ndarray:
     """Logits of ``model`` on a tokenised dataset, in row order (batched longest-first): (N, C), or (N, Lmax, C)
-    zero-padded for per-token logits (Lmax: the dataset's longest row), as the Trainer's evaluation gives them."""
+    zero-padded for per-token logits (Lmax: the dataset's longest row), as the Trainer's evaluation gives them.
+
+    ``reduce(logits, rows, inputs) -> (B, L, R)`` keeps R numbers per position instead of the C logits (a causal
+    LM's vocabulary is too wide to keep)."""
     lengths = np.asarray(dataset["length"])
     out = None
-    for rows, _, outputs in longest_first_batches(model, dataset, collator, batch_size, desc=desc):
-        logits = logits_of(outputs).float().cpu().numpy()  # (B, C) or (B, L, C); the model's own tokens
+    for rows, inputs, outputs in longest_first_batches(model, dataset, collator, batch_size, desc=desc):
+        if reduce is not None:
+            logits = reduce(logits_of(outputs), rows, {k: v.cpu() for k, v in inputs.items()})  # (B, L, R)
+        else:
+            logits = logits_of(outputs).float().cpu().numpy()  # (B, C) or (B, L, C); the model's own tokens
         if out is None:
             per_row = (int(lengths.max()), logits.shape[-1]) if logits.ndim == 3 else (logits.shape[-1],)
             out = np.zeros((len(dataset), *per_row), dtype=np.float32)
@@ -44,7 +53,7 @@ def size_on_disk(model_dir: str | Path) -> int:
 def _dummy_batch(vocab_size: int, batch: int, seq_len: int, takes_token_types: bool) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     inputs = {
-        "input_ids": torch.randint(1000, min(vocab_size, 20000), (batch, seq_len), generator=g),  # (B, L)
+        "input_ids": torch.randint(min(1000, vocab_size // 2), min(vocab_size, 20000), (batch, seq_len), generator=g),
         "attention_mask": torch.ones(batch, seq_len, dtype=torch.long),
     }
     if takes_token_types:

@@ -31,6 +31,9 @@ def run_eval(ctx) -> dict:
     correct: dict[tuple[str, str], np.ndarray] = {}  # (stage, eval set) -> (N,) bool, for the paired test
     teacher_out: dict[str, np.ndarray] = {}  # eval set -> the teacher's outputs (fidelity of the others to them)
     versus = getattr(ctx.task, "versus_teacher", None)
+    reducer = getattr(ctx.task, "reducer", None)  # a task whose raw outputs are too big to keep (a vocabulary)
+    block_scores = getattr(ctx.task, "block_nll", None)
+    per_block: dict[tuple[str, str], np.ndarray] = {}  # (stage, eval set) -> (N,) a score per row, lower better
     for stage, model in models.items():
         row = {
             "role": ROLES[stage],
@@ -40,10 +43,18 @@ def run_eval(ctx) -> dict:
         for name in eval_sets:
             student = stage != "teacher"
             dataset = ctx.dataset(name, student)
+            key = name.replace("extra:", "")
             logits = predict_logits(
-                model, dataset, ctx.collator(student=student), cfg.distill.eval_batch_size, desc=f"{stage} {name}"
+                model,
+                dataset,
+                ctx.collator(student=student),
+                cfg.distill.eval_batch_size,
+                desc=f"{stage} {name}",
+                reduce=reducer(teacher_out.get(key)) if reducer is not None else None,
             )
-            gold, key = ctx.task.gold(dataset), name.replace("extra:", "")
+            gold = ctx.task.gold(dataset)
+            if block_scores is not None:
+                per_block[stage, key] = block_scores(logits, gold)
             unit_correct = ctx.task.correct(logits, gold)
             if unit_correct is not None:  # None: the set's metric has no per-unit right or wrong (a correlation)
                 correct[stage, key] = unit_correct
@@ -66,14 +77,26 @@ def run_eval(ctx) -> dict:
     headline, headline_set = ctx.task.best_metric, "test"
     if hasattr(ctx.task, "headline_for"):  # a task whose sets measure different things (embeddings)
         headline_set, headline = ctx.task.headline_for([name.replace("extra:", "") for name in eval_sets])
+    lower = getattr(ctx.task, "lower_is_better", False)  # perplexity: retention is teacher / model
     for stage in rows:
         rows[stage]["latency_ms"] = {str(b): round(v, 3) for b, v in latency[stage].items()}
         rows[stage]["speedup"] = {str(b): round(latency["teacher"][b] / latency[stage][b], 3) for b in latency[stage]}
-        teacher_score = rows["teacher"][headline_set][headline]
-        rows[stage]["retention"] = (
-            round(rows[stage][headline_set][headline] / teacher_score, 4) if teacher_score else 0.0
-        )
+        teacher_score, score = rows["teacher"][headline_set][headline], rows[stage][headline_set][headline]
+        ratio = (teacher_score / score if lower else score / teacher_score) if teacher_score and score else 0.0
+        rows[stage]["retention"] = round(ratio, 4)
     ctx.timings["latency"] = time.perf_counter() - start
+    generation = None
+    if hasattr(ctx.task, "generation_report"):  # a generator: tokens/s and continuations side by side
+        start = time.perf_counter()
+        generation = ctx.task.generation_report(
+            models, ctx.tokenizer, ctx.task.prompts(ctx.frames["test"], ctx.tokenizer)
+        )
+        ctx.timings["generation"] = time.perf_counter() - start
+        for stage, speed in generation["speed"].items():
+            rows[stage]["generation"] = speed
+            rows[stage]["generation_speedup"] = round(
+                speed["tokens_per_s"] / generation["speed"]["teacher"]["tokens_per_s"], 3
+            )
     soft = ctx.out / "soft_labels.json"
     report = {
         "task": {
@@ -82,6 +105,8 @@ def run_eval(ctx) -> dict:
             **({"headline_set": headline_set} if headline_set != "test" else {}),
             "columns": [list(c) for c in ctx.task.report_metrics],
             "paired_unit": ctx.task.paired_unit,
+            **({"raw_metrics": list(ctx.task.raw_metrics)} if hasattr(ctx.task, "raw_metrics") else {}),
+            **({"lower_is_better": True} if lower else {}),
             **_set_layout(ctx.task, eval_sets),
         },
         "data": {
@@ -111,12 +136,19 @@ def run_eval(ctx) -> dict:
     report["training_text"] = _training_text_notes(previous_history(ctx, "student"))
     if "baseline" in models:
         report["baseline"] = previous_history(ctx, "baseline").get("description", "cross-entropy only, no teacher")
+    if generation is not None:
+        report["generation"] = {"samples": generation["samples"], "protocol": _generation_protocol(cfg)}
     if "student" in models and "baseline" in models:
+        names = ["test", *report["data"]["extra_test_sets"]]
         report["paired"] = {
             name: mcnemar(correct["student", name], correct["baseline", name])
-            for name in ["test", *report["data"]["extra_test_sets"]]
+            for name in names
             if ("student", name) in correct
         }
+        for name in names:  # a score per row, lower better: a sign test of the rows each model does better on
+            if ("student", name) in per_block:
+                s, b = per_block["student", name], per_block["baseline", name]
+                report["paired"][name] = mcnemar(s < b, b < s)
     report["verdicts"] = verdicts(report)
     write_text(ctx.out / "report.md", render_markdown(report))
     plot_report(ctx, report)
@@ -127,6 +159,15 @@ def run_eval(ctx) -> dict:
     return report
 
 
+def _generation_protocol(cfg) -> dict:
+    o = cfg.causal_lm
+    return {
+        "speed": f"batch 1, greedy, KV cache, {o.speed_prompt_tokens}-token prompt, {o.speed_new_tokens} new tokens, "
+        "cpu fp32, median of 3",
+        "samples": f"greedy, {o.sample_new_tokens} new tokens, openings of test documents",
+    }
+
+
 def _set_layout(task, eval_sets: list[str]) -> dict:
     """A task whose evaluation sets measure different things (embeddings: STS, retrieval, fidelity) names, per
     set, the metric its verdict compares and the report's columns; {} for one metric on every set."""
@@ -134,6 +175,8 @@ def _set_layout(task, eval_sets: list[str]) -> dict:
     if columns is None:
         return {}
     present = {name.replace("extra:", "") for name in eval_sets}
+    if hasattr(task, "table_for"):
+        columns = task.table_for([name.replace("extra:", "") for name in eval_sets])
     return {
         "table": [list(c) for c in columns if c[0] in present],
         "set_metrics": {name: task.set_metric(name) for name in sorted(present)},
@@ -219,12 +262,15 @@ def verdicts(report: dict, level: float = 0.05) -> list[str]:
     for name, n in sizes.items():
         metric = set_metrics.get(name, info["metric"])
         s, b = models["student"][name][metric], models["baseline"][name][metric]
-        n = int(models["student"][name].get("queries", n))  # a retrieval set's unit is the query, not the row
+        scores = models["student"][name]
+        n = int(scores.get("queries", scores.get("blocks", n)))  # a set's unit: a retrieval query, a text block
         diff = s - b
-        head = (
-            f"{name}: distilled student {100 * diff:+.2f} points of {metric} vs the same student without teacher "
-            f"(n={n}"
+        amount = (
+            f"{diff:+.2f} {metric}"
+            if metric in info.get("raw_metrics", ())
+            else f"{100 * diff:+.2f} points of {metric}"
         )
+        head = f"{name}: distilled student {amount} vs the same student without teacher (n={n}"
         paired = report.get("paired", {}).get(name)
         if paired is None and set_metrics:  # a correlation or a fidelity score: no per-unit paired test
             lines.append(f"{head}; {metric} has no per-unit paired test)")
@@ -232,6 +278,12 @@ def verdicts(report: dict, level: float = 0.05) -> list[str]:
         if paired is not None:
             p = paired["p_value"]
             word = "within noise" if p >= level else ("better" if paired["a_only"] > paired["b_only"] else "worse")
+            if set_metrics and metric in info.get("raw_metrics", ()):  # a per-row score, lower better (perplexity)
+                lines.append(
+                    f"{head}; {unit} on which each has the lower loss: {paired['a_only']} vs {paired['b_only']}, "
+                    f"sign test p={p:.3g}): {word}"
+                )
+                continue
             lines.append(
                 f"{head}; {unit} only one of the two gets right: {paired['a_only']} vs {paired['b_only']}, "
                 f"McNemar p={p:.3g}): {word}"
@@ -278,14 +330,26 @@ def _set_table(report: dict, table: list, batch_sizes: list[str]) -> list[list[s
     """The table of a task with per-set columns: (set, metric, title) each, then retention, size and speed."""
     head = ["model", *(title for _, _, title in table), "of teacher", "params", "size MB"]
     head += [f"b{b} ms" for b in batch_sizes] + [f"speedup b{b}" for b in batch_sizes]
+    raw = set(_task_info(report).get("raw_metrics", ()))
+    generation = any("generation" in r for r in report["models"].values())
+    head += ["tokens/s", "gen speedup"] if generation else []
     rows = [head]
     for r in report["models"].values():
         row = [r["role"]]
-        row += [f"{100 * r[name][metric]:.2f}" if metric in r.get(name, {}) else "-" for name, metric, _ in table]
+        row += [_cell(r.get(name, {}).get(metric), metric in raw) for name, metric, _ in table]
         row += [f"{100 * r.get('retention', 0):.1f}%", f"{r['parameters'] / 1e6:.2f}M", f"{r['size_bytes'] / 1e6:.1f}"]
         row += [f"{r['latency_ms'][b]:.1f}" for b in batch_sizes] + [f"{r['speedup'][b]:.2f}x" for b in batch_sizes]
+        if generation:
+            row += [f"{r['generation']['tokens_per_s']:.1f}", f"{r['generation_speedup']:.2f}x"]
         rows.append(row)
     return rows
+
+
+def _cell(value, raw: bool) -> str:
+    """A metric as the table shows it: a percentage, or as it is (perplexity, a KL)."""
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if raw and value < 10 else (f"{value:.2f}" if raw else f"{100 * value:.2f}")
 
 
 def render_table(report: dict) -> str:
@@ -352,8 +416,29 @@ def render_markdown(report: dict) -> str:
         md += ["What distillation bought here:", ""] + [f"- {v}" for v in report["verdicts"]] + [""]
     if report.get("soft_labels"):
         s = report["soft_labels"]
-        md.append(f"Soft labels: {s['status']} (fingerprint `{s['fingerprint']}`, shape {s['shape']}).")
+        per_token = f", {s['bytes_per_token']} bytes per token" if s.get("bytes_per_token") else ""
+        md.append(f"Soft labels: {s['status']} (fingerprint `{s['fingerprint']}`, shape {s['shape']}{per_token}).")
+    md += _generation_markdown(report)
     return "\n".join(md) + "\n"
+
+
+def _generation_markdown(report: dict) -> list[str]:
+    """Each model's greedy continuation of the same prompts, side by side (a generator's report)."""
+    generation = report.get("generation")
+    if not generation:
+        return []
+    p = generation["protocol"]
+    md = ["", f"Generation speed: {p['speed']}.", "", f"Samples ({p['samples']}):", ""]
+    roles = {stage: r["role"] for stage, r in report["models"].items()}
+    for i, sample in enumerate(generation["samples"], 1):
+        md += [f"**Prompt {i}:** {_one_line(sample['prompt'])}", ""]
+        md += [f"- {roles.get(stage, stage)}: {_one_line(text)}" for stage, text in sample["continuations"].items()]
+        md.append("")
+    return md
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _curves(history: dict, metric: str = "accuracy") -> tuple[list, list, list, list]:

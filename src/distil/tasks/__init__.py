@@ -8,6 +8,7 @@ from __future__ import annotations
 from distil.errors import DistilError
 from distil.options import EmbeddingConfig
 from distil.tasks.base import Task
+from distil.tasks.causal_lm import CausalLMTask
 from distil.tasks.classification import ClassificationTask
 from distil.tasks.embeddings import EmbeddingTask
 from distil.tasks.question_answering import QuestionAnsweringTask
@@ -18,6 +19,7 @@ TASKS: dict[str, type] = {
     TokenClassificationTask.name: TokenClassificationTask,
     QuestionAnsweringTask.name: QuestionAnsweringTask,
     EmbeddingTask.name: EmbeddingTask,
+    CausalLMTask.name: CausalLMTask,
 }
 
 
@@ -38,6 +40,8 @@ def task_for_model(config: dict) -> Task:
     if "distil_sentence" in config:  # a SentenceEncoder's settings (distil.models.sentence.SENTENCE_KEY)
         length = (config["distil_sentence"] or {}).get("max_seq_length") or EmbeddingConfig.eval_max_length
         return EmbeddingTask(EmbeddingConfig(eval_max_length=int(length)))
+    if any(str(n).endswith("ForCausalLM") for n in names):
+        return CausalLMTask()
     if any(str(n).endswith("ForQuestionAnswering") for n in names):
         return QuestionAnsweringTask(**config.get("distil_qa", {}))
     if any(str(n).endswith("ForTokenClassification") for n in names) or config.get("per_token"):
@@ -51,12 +55,15 @@ def task_of(cfg) -> Task:
         return QuestionAnsweringTask.from_data_config(cfg.data)
     if cfg.task == EmbeddingTask.name:
         return EmbeddingTask(cfg.embedding)
+    if cfg.task == CausalLMTask.name:
+        return CausalLMTask(cfg.causal_lm)
     options = {"label_all_tokens": cfg.data.label_all_tokens} if cfg.task == TokenClassificationTask.name else {}
     return get_task(cfg.task, **options)
 
 
 __all__ = [
     "TASKS",
+    "CausalLMTask",
     "ClassificationTask",
     "EmbeddingTask",
     "QuestionAnsweringTask",
