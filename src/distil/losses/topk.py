@@ -166,8 +166,10 @@ def _check_topk(what: str, student_logits: Tensor, teacher: TopK) -> None:
 def bucket_log_probs(student_logits: Tensor, teacher: TopK, temperature: float) -> tuple[Tensor, Tensor]:
     """Student and teacher log-probabilities over k + 1 buckets (the teacher's k tokens, then the tail), at T.
 
-    Student: ``log_softmax(student_logits / T)`` over the full vocabulary, gathered at the teacher's ids, plus the
-    exact logsumexp over every other token. Teacher: ``log_softmax(cat([logprobs, tail]) / T)``: the tail is
+    Student: ``student_logits / T - logsumexp(student_logits / T)`` gathered at the teacher's ids, and the tail
+    ``log(1 - sum of those k probabilities)`` (one pass over the vocabulary, the logsumexp; the tail needs none; it
+    is floored at 1e-6 of mass, and -inf where the teacher's tail is -inf, i.e. k = V). Teacher:
+    ``log_softmax(cat([logprobs, tail]) / T)``: the tail is
     tempered as if it were one token (exact at T = 1, and at any T when k = V). Computed in float32.
 
     Args:
@@ -188,13 +190,24 @@ def bucket_log_probs(student_logits: Tensor, teacher: TopK, temperature: float) 
     """
     _check_topk("bucket_log_probs", student_logits, teacher)
     _check_temperature(temperature)
+    scaled = student_logits.float() if temperature == 1 else student_logits.float() / temperature  # (B, T, V)
+    return _buckets(scaled, torch.logsumexp(scaled, dim=-1), teacher, temperature)
+
+
+_MAX_COVERED = 1.0 - 1e-6
+"""The student's top-k mass is capped here before log(1 - mass): float32 cannot resolve a smaller tail."""
+
+
+def _buckets(scaled: Tensor, lse: Tensor, teacher: TopK, temperature: float) -> tuple[Tensor, Tensor]:
+    """`bucket_log_probs` from the student's tempered logits (B, T, V) and their logsumexp (B, T)."""
     ids = as_constant(teacher.ids).long()  # (B, T, k)
-    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, T, V)
-    student_top = student_log_probs.gather(-1, ids)  # (B, T, k)
-    student_tail = student_log_probs.scatter(-1, ids, _NEG_INF).logsumexp(-1, keepdim=True)  # (B, T, 1)
-    student = torch.cat([student_top, student_tail], dim=-1)  # (B, T, k + 1)
+    student_top = scaled.gather(-1, ids) - lse.unsqueeze(-1)  # (B, T, k)
+    covered = student_top.exp().sum(-1, keepdim=True).clamp(max=_MAX_COVERED)  # (B, T, 1)
     teacher_top = as_constant(teacher.logprobs).float()  # (B, T, k)
     teacher_tail = as_constant(teacher.tail).float().unsqueeze(-1)  # (B, T, 1)
+    no_tail = torch.isneginf(teacher_tail)  # k = V: nothing outside the k tokens
+    student_tail = torch.where(no_tail, _NEG_INF, torch.log1p(-covered))  # (B, T, 1)
+    student = torch.cat([student_top, student_tail], dim=-1)  # (B, T, k + 1)
     teacher_buckets = torch.cat([teacher_top, teacher_tail], dim=-1)  # (B, T, k + 1)
     return student, F.log_softmax(teacher_buckets / temperature, dim=-1)
 
@@ -414,31 +427,41 @@ def causal_lm_kd_objective(
             f"causal_lm_kd_objective: labels shape {tuple(labels.shape)} does not match the student logits "
             f"{tuple(student_logits.shape)}; expected {(batch, length)} unshifted token ids ({IGNORE_INDEX} = ignore)"
         )
-    # the logits at t predict the token at t + 1
-    logits = student_logits[:, :-1]  # (B, T - 1, V)
+    # The logits at t predict the token at t + 1. Every term is computed at all T positions (no (B, T - 1, V)
+    # copy of the logits) and position T - 1, which predicts nothing, is masked out.
+    device = student_logits.device
     if labels is not None:
-        targets = as_constant(labels)[:, 1:].long()  # (B, T - 1)
-        mask = targets != IGNORE_INDEX  # (B, T - 1)
+        after = torch.full((batch, 1), IGNORE_INDEX, dtype=torch.long, device=device)
+        targets = torch.cat([as_constant(labels)[:, 1:].long(), after], dim=1)  # (B, T): the token at t + 1
+        mask = targets != IGNORE_INDEX  # (B, T)
     else:
-        mask = torch.ones(batch, length - 1, dtype=torch.bool, device=student_logits.device)
+        mask = torch.ones(batch, length, dtype=torch.bool, device=device)
+        mask[:, -1] = False
     count = _token_count(mask, num_items)
+    zero = torch.zeros((), device=device)
+    logits = student_logits.float()  # (B, T, V); no copy when already float32
+    lse = torch.logsumexp(logits, dim=-1)  # (B, T): shared by the CE and, at T = 1, the buckets
     parts: dict[str, Tensor] = {}
     if labels is not None:
-        flat_logits = logits.float().reshape(-1, vocab)  # (B * (T - 1), V)
-        ce_sum = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-        parts["ce"] = ce_sum / count
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (alpha > 0 or teacher is None)):  # else: logged
+            picked = logits.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+            parts["ce"] = torch.where(mask, lse - picked, zero).sum() / count
     if teacher is None:
         return parts["ce"], parts
     if isinstance(teacher, TopK):
         _check_topk_shape("causal_lm_kd_objective", student_logits, teacher)
-        shifted_teacher: TopK | Tensor = teacher.positions(slice(None, -1))  # (B, T - 1, k)
+        _check_topk("causal_lm_kd_objective", student_logits, teacher)
+        if kd_temperature == 1:
+            s, t = _buckets(logits, lse, teacher, 1.0)
+        else:
+            scaled = logits / kd_temperature
+            s, t = _buckets(scaled, torch.logsumexp(scaled, dim=-1), teacher, kd_temperature)
+        per_position = _divergence(divergence, s, t, beta)  # (B, T)
     else:
         fix = "full teacher logits must be (B, T, V) like the student's (same rows, positions, vocabulary)"
         check_same_shape("causal_lm_kd_objective", student_logits, teacher, fix)
-        shifted_teacher = teacher[:, :-1]  # (B, T - 1, V)
-    per_position = _kd_per_position(logits, shifted_teacher, kd_temperature, divergence, beta)  # (B, T - 1)
-    kd_sum = torch.where(mask, per_position, torch.zeros((), device=per_position.device)).sum()
-    parts["kd"] = kd_temperature**2 * kd_sum / count
+        per_position = _kd_per_position(logits, teacher, kd_temperature, divergence, beta)  # (B, T)
+    parts["kd"] = kd_temperature**2 * torch.where(mask, per_position, zero).sum() / count
     total = (1.0 - alpha) * parts["kd"]
     if "ce" in parts:
         total = alpha * parts["ce"] + total
