@@ -71,6 +71,8 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
     empty = tmp / "empty.txt"
     empty.write_text("\n  \n")
     minilm = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    bad_gguf = tmp / "model.gguf"
+    bad_gguf.write_bytes(b"not a gguf file at all" * 100)
     mini = ["--teacher.model", minilm, "--student.layers", "[0, 5]"]
     index, other = tmp / "index", tmp / "other-encoder"
     (tmp / "corpus.txt").write_text("a fine film\na dull film\nthe market fell\n")
@@ -171,8 +173,32 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
             ["run", "embeddings", *mini, "--data.extra_test_sets", "[stsb]", *run("esets")],
             tmp / "esets",
         ),
-        ("embeddings with two teachers (teacher.additional)", ["run", "embeddings", *mini, "--teacher.additional",
-                                                              f"[{minilm}]", *run("e2t")], tmp / "e2t"),
+        (
+            "embeddings with two teachers (teacher.additional)",
+            ["run", "embeddings", *mini, "--teacher.additional", f"[{minilm}]", *run("e2t")],
+            tmp / "e2t",
+        ),
+        ("causal-lm: an empty text file", ["run", "causal-lm", "--data.source", str(empty), *run("c0")], tmp / "c0"),
+        (
+            "causal-lm: a teacher GGUF file that is not one",
+            ["run", "causal-lm", "--teacher.model", str(bad_gguf), *run("cg")],
+            tmp / "cg",
+        ),
+        (
+            "causal-lm: a student with another vocabulary (MiniLM, 30,522 tokens)",
+            ["run", "causal-lm", "--student.init", "pretrained", "--student.pretrained", minilm, *run("cv")],
+            tmp / "cv",
+        ),
+        (
+            "causal-lm: --data.max_length 9000 (SmolLM2 reads 8,192 positions)",
+            ["run", "causal-lm", "--data.max_length", "9000", *run("cl")],
+            tmp / "cl",
+        ),
+        (
+            "causal-lm: --causal_lm.top_k 60000 (vocabulary 49,152)",
+            ["run", "causal-lm", "--causal_lm.top_k", "60000", *run("ck")],
+            tmp / "ck",
+        ),
         ("index an empty corpus", ["index", minilm, str(empty), "--out", str(tmp / "idx0")], tmp / "idx0"),
         ("search an index with another model", ["search", str(index), "a film", "--model", str(other)], None),
         ("search a folder that is not an index", ["search", str(tmp), "a film"], None),

@@ -18,6 +18,7 @@ from distil.engine.distiller import Distiller
 from distil.engine.teacher_cache import SoftLabelCache, teacher_logits_to
 from distil.errors import DistilError
 from distil.losses.topk import causal_lm_kd_objective, topk_of
+from distil.models.student import student_from_teacher
 from distil.options import CausalLMConfig
 from distil.tasks import CausalLMTask, task_for_model
 from distil.tasks.causal_lm import ARGMAX, FIRST, NLL, TAIL
@@ -187,3 +188,21 @@ def test_the_signal_readers_store_compact_dtypes():
     assert readers["topk_ids"](out).dtype == torch.uint16
     assert readers["topk_logprobs"](out).dtype == torch.float16
     assert torch.allclose(readers["tail"](out), top.tail)
+
+
+def test_hidden_state_terms_run_on_decoders_and_attention_maps_are_refused_in_one_line():
+    """The feature recipes' hidden-state MSE is task-agnostic; attention maps of a rotary (RoPE) decoder are not
+    recomputable from its q/k projections, so an attention term is refused before training."""
+    teacher = tiny_llama(0, layers=4)
+    student = student_from_teacher(teacher, [0, 3]).train()
+    distiller = Distiller(LossConfig(alpha=0.0, hidden_weight=1.0), teacher, student, None, CausalLMTask())
+    batch = PadCollator(0)([blocks()[i] for i in range(4)])
+    labels, idx = batch.pop("labels"), batch.pop("idx")
+    with torch.no_grad():
+        student.model.layers[1].mlp.down_proj.weight.mul_(3.0)  # the cut student's second layer now differs
+    total, parts, _ = distiller.compute(student, batch, labels, idx)
+    assert set(parts) == {"ce", "kd", "hidden"} and parts["hidden"].item() > 0
+    total.backward()
+    assert student.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(DistilError, match="attention_weight"):
+        Distiller(LossConfig(alpha=0.0, attention_weight=1.0), teacher, student, None, CausalLMTask())
