@@ -134,29 +134,50 @@ def test_reduced_outputs_give_perplexity_accuracy_and_fidelity_by_hand():
     assert out[..., NLL][:, -1].tolist() == [0.0, 0.0]  # the last position predicts nothing
 
 
-def test_an_on_policy_batch_is_the_students_own_continuation_scored_by_the_live_teacher():
-    task = CausalLMTask(CausalLMConfig(lmbda=1.0, on_policy_prompt=4, on_policy_new_tokens=5))
+def test_an_on_policy_batch_is_the_students_own_continuation_scored_by_the_live_teacher(tmp_path):
+    task = CausalLMTask(CausalLMConfig(lmbda=1.0, on_policy_prompt=4, on_policy_new_tokens=5, top_k=8))
     teacher, student = tiny_llama(0), tiny_llama(1).train()
-    calls = []
-    teacher.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
-    distiller = Distiller(LossConfig(alpha=0.0), teacher, None, None, task)
-    assert distiller.on_policy == (1.0, 4, 5)
     data = blocks(rows=4, length=10)
+    soft = cached_signal(task, teacher, data, tmp_path)  # off-policy batches would not need the teacher at all
+    seen = []
+    teacher.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    distiller = Distiller(LossConfig(alpha=0.5, hidden_weight=1.0), teacher, student, soft, task)
+    assert distiller.on_policy == (1.0, 4, 5)
     batch = PadCollator(0)([data[0], data[3]])  # full-length rows (lengths 10)
-    labels = batch.pop("labels")
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    got = distiller._on_policy_batch(student, inputs, labels, None)
+    labels, idx = batch.pop("labels"), batch.pop("idx")
+    got = distiller._on_policy_batch(student, dict(batch), labels, None)
     assert got is not None
     new_inputs, new_labels, _ = got
     assert torch.equal(new_inputs["input_ids"][:, :4], batch["input_ids"][:, :4])  # the prompt is the block's opening
-    assert new_inputs["input_ids"].shape[1] <= 4 + 5
-    assert (new_labels[:, :4] == -100).all()
-    total, parts, _ = distiller.compute(student, inputs, labels, batch["idx"])
-    assert torch.isfinite(total) and calls  # the live teacher ran on the generated text
+    assert 4 < new_inputs["input_ids"].shape[1] <= 4 + 5 and (new_labels[:, :4] == -100).all()
+    assert student.training  # sampled in eval mode, handed back in train mode
+    seen.clear()
+    total, parts, _ = distiller.compute(student, dict(batch), labels, idx)
+    assert seen and seen[-1][1] > 4 and seen[-1][1] != batch["input_ids"].shape[1]  # the teacher read generated text
+    assert parts["on_policy"].item() == 1.0 and parts["hidden"].item() >= 0  # hidden terms run on it too
+    assert torch.isfinite(total)
     total.backward()
     assert student.model.embed_tokens.weight.grad is not None
     off = Distiller(LossConfig(alpha=0.0), teacher, None, None, CausalLMTask(CausalLMConfig(lmbda=0.0)))
-    assert off.on_policy is None and off._on_policy_batch(student, inputs, labels, None) is None
+    assert off.on_policy is None and off._on_policy_batch(student, dict(batch), labels, None) is None
+
+
+def test_on_policy_labels_stop_after_the_first_end_token_and_keep_the_batchs_share(monkeypatch):
+    task = CausalLMTask(CausalLMConfig(lmbda=1.0, on_policy_prompt=3, on_policy_new_tokens=4))
+    teacher, student = tiny_llama(0), tiny_llama(1).train()
+    student.generation_config.eos_token_id = [1, 7]  # two end ids (an instruct model's end of turn and of text)
+    distiller = Distiller(LossConfig(alpha=0.0), teacher, None, None, task)
+    prompt = torch.tensor([[5, 6, 8], [9, 10, 11]])
+    made = torch.tensor([[5, 6, 8, 20, 7, 1, 1], [9, 10, 11, 21, 22, 23, 24]])  # row 0 ends at 7, then padding
+    monkeypatch.setattr(student, "generate", lambda **kwargs: made)
+    inputs = {"input_ids": torch.cat([prompt, prompt], 1), "attention_mask": torch.ones(2, 6, dtype=torch.long)}
+    labels = inputs["input_ids"].clone()  # 2 x 5 shifted labelled tokens
+    new_inputs, new_labels, items = distiller._on_policy_batch(student, inputs, labels, 20)
+    assert new_labels.tolist() == [[-100, -100, -100, 20, 7, -100, -100], [-100, -100, -100, 21, 22, 23, 24]]
+    assert new_inputs["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0, 0], [1] * 7]
+    assert items == round(20 * 6 / 10)  # 6 generated labelled tokens stand in for the batch's 10
 
 
 def test_the_task_refuses_a_vocabulary_mismatch_and_a_top_k_beyond_the_vocabulary():

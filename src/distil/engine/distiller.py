@@ -15,12 +15,13 @@ layers those terms read (:class:`~distil.models.features.FeatureTap`) and sums
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import TrainerCallback
+from transformers import GenerationConfig, TrainerCallback
 
 from distil.config import LossConfig
 from distil.engine.compatibility import feature_specs, term_problems
@@ -82,6 +83,8 @@ class Distiller(nn.Module):
         self.read_cached = getattr(task, "read_cached", None)  # the task's own view of its cached arrays
         on_policy = getattr(task, "on_policy", None)
         self.on_policy = on_policy() if on_policy is not None and teacher is not None else None
+        # GKD trains on-policy batches on the divergence alone: the student's own samples are no gold labels
+        self.on_policy_term = task.kd_term(dataclasses.replace(loss_cfg, alpha=0.0)) if self.on_policy else None
         self._coin = torch.Generator().manual_seed(0)  # which batches are on-policy: seeded, resume-independent
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         if teacher is not None and student is not None:
@@ -144,9 +147,13 @@ class Distiller(nn.Module):
     ) -> tuple[Tensor | None, Features | None]:
         """(teacher logits or None, teacher Features or None); the teacher runs only when something needs it, or
         always with ``live`` (text the cache has not seen: an on-policy batch)."""
-        if live:
+        if live:  # every signal from the live teacher (features too, when a term needs them)
             with torch.inference_mode():
-                return logits_of(self.teacher(**inputs)).float(), None
+                if self.teacher_tap is None:
+                    return logits_of(self.teacher(**inputs)).float(), None
+                with self.teacher_tap.capture(inputs.get("attention_mask")) as feats:
+                    outputs = self.teacher(**inputs)
+            return logits_of(outputs).float(), feats
         wants_logits = self.loss_cfg.logits_weight > 0
         cached = self.teacher_logits(inputs, idx) if wants_logits and self.soft_labels is not None else None
         if self.teacher_tap is None:
@@ -244,10 +251,17 @@ class Distiller(nn.Module):
         parts: dict[str, Tensor] = {}
         summed: dict[str, Tensor] = {}
         weights = dict(self.weights)
-        if self.loss_cfg.logits_weight > 0:
+        if self.loss_cfg.logits_weight > 0 and on_policy is not None:  # the divergence alone (GKD)
+            items = num_items if self.normalises_by_items else None
+            summed["logits"], kd_parts = self.on_policy_term(logits.float(), teacher_logits, labels, num_items=items)
+            weights["logits"] = self.loss_cfg.logits_weight
+            parts.update(kd_parts)
+        elif self.loss_cfg.logits_weight > 0:
             summed["logits"], kd_parts = self._kd(logits, teacher_logits, labels, num_items, mlm_labels, mask)
             weights["logits"] = self.loss_cfg.logits_weight
             parts.update(kd_parts)
+        if self.on_policy is not None and model.training:  # logged mean: the fraction of on-policy batches
+            parts["on_policy"] = torch.tensor(float(on_policy is not None))
         x = TermInputs(self.loss_cfg, self.terms, student_feats, teacher_feats, self.pairs, self.teacher_last,
                        self.heads, mask, logits, mlm_labels)  # fmt: skip
         features = feature_parts(x)
@@ -261,9 +275,10 @@ class Distiller(nn.Module):
     ) -> tuple[dict[str, Tensor], Tensor, int | None] | None:
         """With probability ``lmbda`` (GKD's on-policy fraction), the batch the student trains on is its own sampled
         continuation of each row's first ``prompt`` tokens: (inputs, labels with -100 on the prompt and after the
-        end, num_items rescaled so the batch keeps its share of the accumulated mean); else None.
+        first end token, num_items rescaled so the batch keeps its share of the accumulated mean); else None.
 
-        Rows shorter than the prompt make the batch stay off-policy (the prompt must be whole in every row).
+        Rows shorter than the prompt make the batch stay off-policy (the prompt must be whole in every row); the
+        logged ``loss_on_policy`` is the fraction of batches that went on-policy.
         """
         if self.on_policy is None or not model.training or labels is None:
             return None
@@ -273,22 +288,26 @@ class Distiller(nn.Module):
         mask = inputs.get("attention_mask")
         if inputs["input_ids"].shape[1] < prompt or (mask is not None and not bool(mask[:, :prompt].all())):
             return None
+        lm = getattr(model, "module", model)  # under DDP the Trainer passes the wrapper, which cannot generate
+        ends = _end_ids(lm)
         ids = inputs["input_ids"][:, :prompt]  # (B, P)
-        pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
-        pad = getattr(model.config, "eos_token_id", 0) if pad is None else pad
-        pad = pad[0] if isinstance(pad, list) else pad
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=new_tokens,
-                do_sample=True,
-                top_k=0,
-                pad_token_id=pad,
-            )  # (B, P + N')
+        sampling = GenerationConfig(  # pure sampling at T = 1, whatever the checkpoint's generation_config says
+            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens,
+            pad_token_id=ends[0] if ends else 0, eos_token_id=ends or None,
+        )  # fmt: skip
+        lm.eval()  # no dropout while sampling
+        try:
+            with torch.no_grad():
+                out = lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=sampling)
+        finally:
+            lm.train()
         generated = out[:, prompt:]  # (B, N')
-        finished = torch.cumsum((generated == pad).long(), dim=1) > 1  # after the first end token: padding
-        new_mask = torch.cat([torch.ones_like(ids), (~finished).long()], dim=1)  # (B, P + N')
+        if ends:  # labelled up to and including the first end token; what follows is padding
+            is_end = torch.isin(generated, torch.tensor(ends, device=generated.device)).long()
+            after_end = (torch.cumsum(is_end, dim=1) - is_end) > 0
+        else:
+            after_end = torch.zeros_like(generated, dtype=torch.bool)
+        new_mask = torch.cat([torch.ones_like(ids), (~after_end).long()], dim=1)  # (B, P + N')
         new_labels = out.masked_fill(new_mask == 0, IGNORE_INDEX)
         new_labels[:, :prompt] = IGNORE_INDEX
         if num_items is not None:  # this micro-batch keeps the weight its original tokens had in the accumulated mean
@@ -411,6 +430,15 @@ def load_distiller_state(distiller: nn.Module, checkpoint_dir: str | Path) -> bo
         )
     distiller.load_checkpoint_state(load_file(str(path)))
     return True
+
+
+def _end_ids(model: nn.Module) -> list[int]:
+    """The token ids that end a generation (the generation config's, else the model config's), as a list."""
+    ends = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ends = getattr(model.config, "eos_token_id", None) if ends is None else ends
+    if ends is None:
+        return []
+    return [int(e) for e in ends] if isinstance(ends, (list, tuple)) else [int(ends)]
 
 
 class DistillerCheckpointCallback(TrainerCallback):

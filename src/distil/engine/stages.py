@@ -189,7 +189,13 @@ def _fit(
         shutil.rmtree(work)
     train_dataset = train_dataset if train_dataset is not None else ctx.dataset("train", student)
     args = training_arguments(
-        train_cfg, work, ctx.cfg.seed, len(train_dataset), evaluate=evaluate, best_metric=ctx.task.best_metric
+        train_cfg,
+        work,
+        ctx.cfg.seed,
+        len(train_dataset),
+        evaluate=evaluate,
+        best_metric=ctx.task.best_metric,
+        lower_is_better=getattr(ctx.task, "lower_is_better", False),
     )
     callbacks = list(ctx.callbacks) + ([DistillerCheckpointCallback(distiller)] if distiller is not None else [])
     trainer = DistillationTrainer(
@@ -307,6 +313,8 @@ def build_student(ctx: Context, teacher, untrained: bool = False) -> torch.nn.Mo
         n = teacher.config.num_hidden_layers
         layers = select_layers(s.layers, n, s.num_layers)
         student = student_from_teacher(teacher, layers)
+    elif s.init == "config" and hasattr(ctx.task, "student_from_config"):  # a decoder keeps its family's layout
+        student = ctx.task.student_from_config(teacher.config, s)
     elif s.init == "config":
         student = student_from_config(
             teacher.config,

@@ -328,11 +328,11 @@ COMPACT_DTYPES = (torch.float16, torch.uint16, torch.int32)
 """Signal dtypes stored as they are (a causal LM's top-k log-probabilities and token ids)."""
 
 
-def _as_stored(values: torch.Tensor) -> np.ndarray:
-    """A signal batch on the CPU as stored: float16, uint16 and int32 as they are; other floating dtypes as float32
-    (bf16 included), other integers as int64."""
+def _as_stored(values: torch.Tensor, compact: bool = False) -> np.ndarray:
+    """A signal batch on the CPU as stored: floating as float32 (bf16 and float16 included), integers as int64; with
+    ``compact`` (a task's own readers chose their dtypes) float16, uint16 and int32 as they are."""
     values = values.detach().cpu()
-    if values.dtype in COMPACT_DTYPES:
+    if compact and values.dtype in COMPACT_DTYPES:
         return values.numpy()
     return (values.float() if values.is_floating_point() else values.long()).numpy()
 
@@ -389,7 +389,8 @@ def teacher_logits_to(
             ``attention_mask[i].sum()`` = ``dataset["length"][i]`` = L_i positions, stored flat
             (sum_i L_i, *shape) with offsets (N + 1,), in one pass in row-index order.
         signals: name -> ``read(outputs)`` -> (B, *shape), or (B, T, *shape) with ``per_token``; default
-            ``{"logits": logits_of}``. Floating signals are stored as float32, integer ones as int64.
+            ``{"logits": logits_of}``. Floating signals are stored as float32, integer ones as int64, except that
+            given readers' float16, uint16 and int32 outputs are kept as they are (a causal LM's top-k).
 
     Returns:
         {name: RowArray} of the memory-mapped arrays written.
@@ -405,7 +406,7 @@ def teacher_logits_to(
     for rows, inputs, outputs in longest_first_batches(teacher, dataset, collator, batch_size, bf16=bf16, desc=desc):
         real = inputs["attention_mask"].sum(1).cpu().numpy() if per_token else None  # (B,)
         for name, read in signals.items():
-            values = _as_stored(read(outputs))  # (B, *shape) or (B, T, *shape)
+            values = _as_stored(read(outputs), compact=signals is not DEFAULT_SIGNALS)  # (B, [T,] *shape)
             if name not in outs:
                 if name == "logits" and num_labels is not None and values.shape[-1] != num_labels:
                     raise ValueError(f"teacher logits have shape {values.shape}; expected {num_labels} classes last")

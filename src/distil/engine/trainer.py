@@ -67,6 +67,8 @@ class DistillationTrainer(Trainer):
         # Trainer counts only when the model "accepts loss kwargs", and then does not divide again.
         self.per_token = task.token_loss
         self.model_accepts_loss_kwargs = self.per_token
+        if getattr(task, "shifts_labels", False):  # count labels[..., 1:] whatever the model class (GPT-2 too)
+            self._loss_shifts_labels = True
         self._parts: dict[str, list[float]] = defaultdict(list)
 
     def create_optimizer(self, *args, **kwargs):
@@ -162,6 +164,7 @@ def training_arguments(
     num_train_rows: int,
     evaluate: bool = True,
     best_metric: str = "accuracy",
+    lower_is_better: bool = False,
 ) -> TrainingArguments:
     """TrainingArguments for one stage: evaluate and checkpoint each epoch (or every save_steps), keep the best
     by the task's ``best_metric`` on validation.
@@ -191,7 +194,7 @@ def training_arguments(
         save_total_limit=2,
         load_best_model_at_end=evaluate,
         metric_for_best_model=best_metric if evaluate else None,
-        greater_is_better=True if evaluate else None,
+        greater_is_better=(not lower_is_better) if evaluate else None,
         logging_strategy="steps",
         logging_steps=min(cfg.logging_steps, max(1, steps_per_epoch // 2)),  # short runs still get curves
         report_to=["tensorboard"],

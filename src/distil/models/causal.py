@@ -14,6 +14,7 @@ Token-level distillation compares teacher and student distributions over the sam
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 import struct
 import time
@@ -137,6 +138,7 @@ def load_causal_lm(
     """
     source, gguf_file = resolve_causal(path, what)
     if gguf_file is None:
+        _check_generator(Path(source), what)
         return load_pretrained(AutoModelForCausalLM, source, allow_download=allow_download, dtype=torch.float32)
     folder = dequantise_gguf(Path(source) / gguf_file, cache_dir, what)
     model = load_pretrained(AutoModelForCausalLM, str(folder), dtype=torch.float32)
@@ -146,6 +148,18 @@ def load_causal_lm(
             f"but its config says tie_word_embeddings {model.config.tie_word_embeddings}; delete the folder to redo it"
         )
     return model
+
+
+def _check_generator(folder: Path, what: str) -> None:
+    """Refuse a local folder whose model is not a language model (a classifier would load with a random LM head)."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return
+    names = json.loads(config.read_text()).get("architectures") or []
+    if names and not any(str(n).endswith(("ForCausalLM", "LMHeadModel")) for n in names):
+        raise DistilError(
+            f"{what} '{folder}': a {names[0]}, not a causal language model; give a *ForCausalLM folder or a GGUF file"
+        )
 
 
 def load_causal_tokenizer(

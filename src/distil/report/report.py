@@ -480,11 +480,15 @@ def plot_report(ctx, report: dict) -> None:
 
     names = list(report["models"])
     headline_set = _task_info(report).get("headline_set", "test")
-    acc = [100 * report["models"][n][headline_set][metric] for n in names]
+    raw = metric in _task_info(report).get("raw_metrics", ())  # perplexity: as it is, not a percentage
+    acc = [(1 if raw else 100) * report["models"][n][headline_set][metric] for n in names]
     batch_sizes = list(report["models"][names[0]]["latency_ms"])
     fig, (ax_a, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
     ax_a.bar(names, acc, color=["#555", "#2a7", "#aaa"][: len(names)])
-    ax_a.set(title=f"{headline_set} {metric} (%)", ylim=(max(0, min(acc) - 10), min(100, max(acc) + 3)))
+    if raw:
+        ax_a.set(title=f"{headline_set} {metric}", yscale="log")
+    else:
+        ax_a.set(title=f"{headline_set} {metric} (%)", ylim=(max(0, min(acc) - 10), min(100, max(acc) + 3)))
     width = 0.8 / len(batch_sizes)
     for i, b in enumerate(batch_sizes):
         ax_l.bar(

@@ -33,6 +33,7 @@ from distil.models.causal import (
     generation_speed,
     load_causal_lm,
     load_causal_tokenizer,
+    student_from_causal_config,
 )
 from distil.options import CausalLMConfig
 
@@ -72,6 +73,8 @@ class CausalLMTask:
     """Teacher and student must share the tokenizer: their distributions are over the same token ids."""
     lower_is_better: ClassVar[bool] = True
     """The headline metric (perplexity) is better when lower: retention is teacher / model."""
+    shifts_labels: ClassVar[bool] = True
+    """Labels are unshifted (the logits at t predict t + 1): the trainer counts labelled tokens as labels[..., 1:]."""
 
     def __init__(self, options: CausalLMConfig | None = None):
         self.options = options or CausalLMConfig()
@@ -107,6 +110,14 @@ class CausalLMTask:
     # 2. model
 
     auto_model_class: ClassVar[type] = CausalLM
+
+    def student_from_config(self, teacher_config, s) -> nn.Module:
+        """A fresh, narrower model of the teacher's family (`student.init: config`): its vocabulary, positions and
+        rotary settings, grouped-query attention at the teacher's ratio when it divides, tied embeddings kept."""
+        hidden = s.hidden_size or teacher_config.hidden_size
+        heads = s.num_attention_heads or teacher_config.num_attention_heads
+        ffn = s.intermediate_size or round(teacher_config.intermediate_size * hidden / teacher_config.hidden_size)
+        return student_from_causal_config(teacher_config, s.num_layers, hidden, heads, ffn)
 
     def adapt_student(self, student: nn.Module, teacher: nn.Module, untrained: bool = False) -> nn.Module:
         """Refuse a student whose vocabulary differs from the teacher's (their distributions would not align)."""
