@@ -137,3 +137,16 @@ def test_refusals_are_one_line(teacher_dir, tmp_path, capsys):
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distil:")]
         assert len(err) == 1 and expected in err[0], err
         assert not (tmp_path / extra[1] / "student").exists()
+
+
+def test_predict_export_and_generate_refuse_what_they_cannot_do_in_one_line(run, tmp_path, capsys):
+    out, _, _ = run
+    cases = [
+        (["predict", str(out / "student"), "To be"], "distil generate"),
+        (["export", str(out / "student"), str(tmp_path / "exp")], "ONNX export of decoders is not built"),
+    ]
+    for args, expected in cases:
+        assert main(args) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distil:")]
+        assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "exp").exists()

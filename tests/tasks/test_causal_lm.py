@@ -18,6 +18,7 @@ from distil.engine.distiller import Distiller
 from distil.engine.teacher_cache import SoftLabelCache, teacher_logits_to
 from distil.errors import DistilError
 from distil.losses.topk import causal_lm_kd_objective, topk_of
+from distil.models.causal import load_causal_lm
 from distil.models.student import student_from_teacher
 from distil.options import CausalLMConfig
 from distil.tasks import CausalLMTask, task_for_model
@@ -227,3 +228,20 @@ def test_hidden_state_terms_run_on_decoders_and_attention_maps_are_refused_in_on
     assert student.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
     with pytest.raises(DistilError, match="attention_weight"):
         Distiller(LossConfig(alpha=0.0, attention_weight=1.0), teacher, student, None, CausalLMTask())
+
+
+def test_a_config_student_keeps_the_teachers_family_and_attention_grouping():
+    task = CausalLMTask()
+    teacher = tiny_llama(0, layers=4)
+    spec = type("S", (), {"num_layers": 2, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": None})
+    student = task.student_from_config(teacher.config, spec)
+    assert type(student) is type(teacher) and student.config.num_hidden_layers == 2
+    assert student.config.vocab_size == VOCAB and student.config.intermediate_size == 32  # the teacher's 2x ratio
+    assert student.config.num_key_value_heads == 1  # the teacher's 4 heads : 2 groups
+    assert student.lm_head.weight.data_ptr() == student.model.embed_tokens.weight.data_ptr()
+
+
+def test_a_classifier_folder_is_not_taken_for_a_language_model(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "architectures": ["BertForSequenceClassification"]}')
+    with pytest.raises(DistilError, match="BertForSequenceClassification, not a causal language model"):
+        load_causal_lm(tmp_path, tmp_path / "cache")
