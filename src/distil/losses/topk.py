@@ -99,10 +99,6 @@ class TopK:
         """The same top-k on ``device`` (dtypes kept)."""
         return TopK(self.logprobs.to(device), self.ids.to(device), self.tail.to(device))
 
-    def positions(self, index: slice) -> TopK:
-        """The top-k at positions ``index`` of the T axis (e.g. ``slice(None, -1)`` for the shift)."""
-        return TopK(self.logprobs[:, index], self.ids[:, index], self.tail[:, index])
-
 
 def topk_of(logits: Tensor, k: int) -> TopK:
     """The top-k log-probabilities (temperature 1), their ids and the tail log-mass of full next-token logits.
@@ -449,8 +445,7 @@ def causal_lm_kd_objective(
     if teacher is None:
         return parts["ce"], parts
     if isinstance(teacher, TopK):
-        _check_topk_shape("causal_lm_kd_objective", student_logits, teacher)
-        _check_topk("causal_lm_kd_objective", student_logits, teacher)
+        _check_topk("causal_lm_kd_objective", student_logits, teacher)  # shapes, and ids within the vocabulary
         if kd_temperature == 1:
             s, t = _buckets(logits, lse, teacher, 1.0)
         else:
