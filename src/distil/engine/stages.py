@@ -287,7 +287,8 @@ def run_soft_labels(ctx: Context, teacher=None, dataset_name: str = "train", kd_
         )
     seconds = time.perf_counter() - start
     ctx.timings[f"soft_labels:{dataset_name}"] = seconds
-    shape = next(iter(soft.arrays.values())).data.shape  # the logits, or a task's first array
+    arrays = getattr(soft, "arrays", None)  # several teachers' combination holds logits alone
+    shape = next(iter(arrays.values())).data.shape if arrays else soft.logits.shape  # logits, or a task's first array
     info = {
         "fingerprint": soft.fingerprint,
         "status": soft.status,
