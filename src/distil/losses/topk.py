@@ -354,10 +354,16 @@ def _kd_per_position(
     """(B, T) divergence at each position, on the k + 1 buckets (TopK) or on the full vocabulary (logits)."""
     if isinstance(teacher, TopK):
         student_log_probs, teacher_log_probs = bucket_log_probs(student_logits, teacher, kd_temperature)
-    else:
-        student_log_probs = F.log_softmax(student_logits.float() / kd_temperature, dim=-1)  # (B, T, V)
+        return _divergence(divergence, student_log_probs, teacher_log_probs, beta)
+    scaled = student_logits.float() if kd_temperature == 1 else student_logits.float() / kd_temperature
+    with torch.no_grad():
         teacher_log_probs = F.log_softmax(as_constant(teacher).float() / kd_temperature, dim=-1)  # (B, T, V)
-    return _divergence(divergence, student_log_probs, teacher_log_probs, beta)
+    if divergence == "forward_kl":  # sum p_t log p_t - sum p_t z_s + logsumexp z_s: two passes, no (B, T, V) graph
+        with torch.no_grad():
+            p = teacher_log_probs.exp()
+            entropy_term = torch.xlogy(p, p).sum(-1)  # (B, T); 0 log 0 = 0
+        return entropy_term - (p * scaled).sum(-1) + torch.logsumexp(scaled, dim=-1)
+    return _divergence(divergence, F.log_softmax(scaled, dim=-1), teacher_log_probs, beta)
 
 
 def causal_lm_kd_objective(
