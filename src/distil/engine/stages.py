@@ -474,7 +474,9 @@ def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:
             "init": cfg.student.init,
             "layers": getattr(student, "distil_layer_map", None),
             "loss": "cross-entropy on hard labels only (no teacher)",
-            "description": baseline_description(cfg, ctx.task.best_metric),
+            "description": baseline_description(
+                cfg, ctx.task.best_metric, validates=getattr(ctx.task, "validates", True)
+            ),
             "train": to_dict(cfg.distill),
         }
         if not untrained:
@@ -488,12 +490,13 @@ def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:
     return saved
 
 
-def baseline_description(cfg: RunConfig, best_metric: str = "accuracy") -> str:
+def baseline_description(cfg: RunConfig, best_metric: str = "accuracy", validates: bool = True) -> str:
     """What the baseline is, in one sentence for the report: the student's own settings, never a stage's."""
     t = cfg.distill
     return (
         f"the same student ({cfg.student.init}, same initial weights) trained with cross-entropy on the training "
         f"split's labels only: no teacher, no general distillation, no augmentation; the student's own `distill` "
         f"settings (epochs {t.epochs:g}, learning rate {t.learning_rate:g}, batch {t.batch_size}, "
-        f"warmup {t.warmup_ratio:g}, bf16 {str(t.bf16).lower()}), best checkpoint on validation {best_metric}"
+        f"warmup {t.warmup_ratio:g}, bf16 {str(t.bf16).lower()}), "
+        + (f"best checkpoint on validation {best_metric}" if validates else "last weights (no validation pass)")
     )
