@@ -14,8 +14,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, pipeline
 
 from distil.cli import main
+from distil.config import load_config
 from distil.data.lm_text import read_documents
 from distil.errors import DistilError
+from distil.tasks import CausalLMTask
 
 
 def _has_plays() -> bool:
@@ -150,3 +152,27 @@ def test_predict_export_and_generate_refuse_what_they_cannot_do_in_one_line(run,
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distil:")]
         assert len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "exp").exists()
+
+
+def test_prompt_completion_pairs_train_and_score_the_completions_only(teacher_dir, tmp_path):
+    """JSONL of prompt/completion pairs (a speaker's line -> the reply): one row per pair, loss and perplexity on the
+    completion tokens only, the prompts kept whole for the report's samples."""
+    lines = [t.strip() for t in read_documents("shakespeare")["text"].iloc[0].splitlines() if len(t.strip()) > 20]
+    pairs = [{"prompt": f"{a}\n", "completion": b} for a, b in zip(lines[0:600:2], lines[1:600:2])]
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("\n".join(json.dumps(p) for p in pairs) + "\n")
+    out = tmp_path / "run"
+    flags = ["--teacher.model", str(teacher_dir), "--output_dir", str(out), "--cache_dir", str(tmp_path / "c")]
+    extra = ["--data.source", str(source), "--teacher.fine_tune", "false"]
+    assert main(["run", "causal-lm", *flags, *FLAGS, *extra]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["splits"] == {"train": 240, "validation": 30, "test": 30}  # pairs are the documents
+    test = report["models"]["student"]["test"]
+    assert test["blocks"] == 30
+    cfg = load_config("causal-lm", {"data": {"source": str(source)}})
+    frame = CausalLMTask(cfg.causal_lm).prepare(cfg.data).splits["test"]
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(teacher_dir)
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    completions = [min(count(p) + count(c) + 1, 64) - count(p) for p, c in zip(frame["prompt"], frame["completion"])]
+    assert test["tokens"] == sum(completions)  # each pair's completion (+ its end token), never its prompt
+    assert {x["prompt"] for x in report["generation"]["samples"]} <= set(frame["prompt"])  # whole test prompts
