@@ -8,6 +8,21 @@
 6. serving: how ``predict`` turns model output into an answer.
 
 The engine (stages, trainer, distiller, cache, report, deploy) asks the task for these and holds no head code.
+
+Optional hooks a task may define (the engine reads them with ``getattr`` and a default), by section:
+
+- data: ``held_out`` texts in `TaskData`; ``one_tokenizer`` (rows are cut per tokenizer: teacher and student must
+  share it); ``load_tokenizer(path, cache_dir)`` / ``load_teacher(path, cache_dir)`` (a GGUF teacher);
+- model: ``trains_teacher`` / ``trains_baseline`` / ``validates`` (False: the teacher used as it is, the baseline
+  untrained, no validation pass); ``adapt_student(student, teacher, untrained)``; ``student_from_config``;
+  ``fits_to_teacher`` / ``fit_to_teacher`` (an embedding reduction);
+- teacher signal: ``signals(vocab)`` + ``signal_settings()`` (the task's own cached arrays and what shapes them)
+  and ``read_cached(soft_labels, idx, length)`` (the batch's view of them); ``on_policy()`` (GKD batches);
+- KD term: ``shifts_labels`` (labels unshifted; the trainer counts labels[..., 1:]);
+- metric: ``lower_is_better``, ``raw_metrics`` (not percentages), ``table_columns`` / ``table_for`` /
+  ``headline_for`` / ``set_metric`` (per-set tables), ``versus_teacher`` (fidelity), ``reducer(reference)``
+  (what evaluation keeps of a too-wide output), ``block_nll`` (a per-row loss for a sign test);
+- serving: ``generation_report`` (tokens/s and samples side by side), ``model_settings`` (what serving repeats).
 """
 
 from __future__ import annotations
