@@ -132,7 +132,9 @@ def topk_of(logits: Tensor, k: int) -> TopK:
     return TopK(top_logprobs, top_ids, tail)
 
 
-def _check_topk_shape(what: str, student_logits: Tensor, teacher: TopK) -> None:
+def _check_topk(what: str, student_logits: Tensor, teacher: TopK) -> None:
+    """(B, T) of both match; every teacher id is in the student's vocabulary (one host sync per batch: an
+    out-of-range id would otherwise be a device-side assert in gather)."""
     if student_logits.dim() != 3:
         raise DistilError(f"{what}: student logits have shape {tuple(student_logits.shape)}; expected (B, T, V)")
     if tuple(teacher.ids.shape[:2]) != tuple(student_logits.shape[:2]):
@@ -143,15 +145,7 @@ def _check_topk_shape(what: str, student_logits: Tensor, teacher: TopK) -> None:
     vocab = student_logits.shape[-1]
     if teacher.k > vocab:
         raise DistilError(f"{what}: teacher keeps k={teacher.k} tokens but the student's vocabulary has {vocab}")
-
-
-def _check_topk(what: str, student_logits: Tensor, teacher: TopK) -> None:
-    _check_topk_shape(what, student_logits, teacher)
-    vocab = student_logits.shape[-1]
-    if teacher.ids.numel() == 0:
-        return
-    # one host sync per batch; an out-of-range id would otherwise be a device-side assert in gather
-    low, high = torch.aminmax(teacher.ids.long())
+    low, high = torch.aminmax(teacher.ids.long()) if teacher.ids.numel() else (torch.tensor(0), torch.tensor(0))
     if int(low) < 0 or int(high) >= vocab:
         raise DistilError(
             f"{what}: teacher token ids span {int(low)}..{int(high)} but the student's vocabulary is 0..{vocab - 1}; "
