@@ -31,7 +31,7 @@ from distil.errors import DistilError
 from distil.io import atomic_dir, sha256_file, write_json
 from distil.models.loading import _check_hub_name, load_pretrained, load_tokenizer, vocabulary_fingerprint
 from distil.models.packaged import resolve_model
-from distil.models.student import _divisors_near, _set_intermediate_size, _set_num_layers
+from distil.models.student import reshaped_config
 
 GGUF_MAGIC = b"GGUF"
 GGUF_SOURCE = "distil_gguf_source.json"  # in each dequantised folder: which GGUF file it came from
@@ -315,34 +315,12 @@ def student_from_causal_config(
         DistilError: for a non-positive size, heads that do not divide the width, kv heads that do not divide the
             heads, or a config without a feed-forward width field.
     """
-    sizes = {
-        "num_layers": num_layers,
-        "hidden_size": hidden_size,
-        "num_attention_heads": num_attention_heads,
-        "intermediate_size": intermediate_size,
-    }
-    if num_key_value_heads is not None:
-        sizes["num_key_value_heads"] = num_key_value_heads
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise DistilError(f"student {name}: got {value!r}; it must be a positive integer")
-    if hidden_size % num_attention_heads:
-        raise DistilError(
-            f"student hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}; "
-            f"choose heads that divide it (e.g. {_divisors_near(hidden_size, num_attention_heads)})"
-        )
-    config = _plain_config(teacher_config)
-    _set_num_layers(config, num_layers)
-    config.hidden_size = hidden_size
-    config.num_attention_heads = num_attention_heads
-    _set_intermediate_size(config, intermediate_size)
-    if getattr(config, "head_dim", None) is not None:  # decoders store it; keep it consistent with the new width
-        config.head_dim = hidden_size // num_attention_heads
+    counts = {"num_layers": num_layers, "num_key_value_heads": num_key_value_heads}
+    config = _plain_config(
+        reshaped_config(teacher_config, counts, hidden_size, num_attention_heads, intermediate_size)
+    )
     if hasattr(config, "num_key_value_heads"):
         config.num_key_value_heads = _kv_heads(teacher_config, num_attention_heads, num_key_value_heads)
-    layer_types = getattr(config, "layer_types", None)
-    if isinstance(layer_types, list) and layer_types:  # e.g. sliding/full attention, repeated in the teacher's cycle
-        config.layer_types = [layer_types[i % len(layer_types)] for i in range(num_layers)]
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).train()
 
 

@@ -264,24 +264,55 @@ def student_from_config(
         DistilError: for a non-positive size, a hidden size not divisible by the head count, or a config without
             a known feed-forward width field.
     """
-    sizes = {
-        "num_hidden_layers": num_hidden_layers,
-        "hidden_size": hidden_size,
-        "num_attention_heads": num_attention_heads,
-        "intermediate_size": intermediate_size,
-    }
-    if num_labels is not None:
-        sizes["num_labels"] = num_labels
+    config = reshaped_config(
+        teacher_config,
+        {"num_hidden_layers": num_hidden_layers, "num_labels": num_labels},
+        hidden_size,
+        num_attention_heads,
+        intermediate_size,
+    )
+    if num_labels is not None and num_labels != config.num_labels:
+        config.num_labels = num_labels  # resets id2label/label2id to LABEL_i
+    config.architectures = None
+    return model_class.from_config(config).train()
+
+
+def reshaped_config(
+    teacher_config: PretrainedConfig,
+    counts: dict[str, int | None],
+    hidden_size: int,
+    num_attention_heads: int,
+    intermediate_size: int,
+) -> PretrainedConfig:
+    """A copy of the teacher's config with a new shape, every size checked first.
+
+    Args:
+        teacher_config: the teacher's config (vocabulary, positions, activation, norms are kept).
+        counts: the layer count first, under the caller's name for it (e.g. ``{"num_layers": 4}``), then any other
+            positive integers the caller needs checked with the same message (``num_labels``; None: not given).
+        hidden_size, num_attention_heads, intermediate_size: the new widths (heads divide the width).
+
+    Returns:
+        The config with the layer count, widths, ``head_dim`` (when it has one), plain multi-head attention (when it
+        has ``num_key_value_heads``) and per-layer ``layer_types`` repeated in the teacher's cycle.
+
+    Raises:
+        DistilError: a size that is not a positive integer, heads that do not divide the width, or a config without
+            a known feed-forward width field.
+    """
+    sizes = {**counts, "hidden_size": hidden_size, "num_attention_heads": num_attention_heads,
+             "intermediate_size": intermediate_size}  # fmt: skip
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise DistilError(f"student {name}: got {value!r}; it must be a positive integer")
     if hidden_size % num_attention_heads:
         raise DistilError(
             f"student hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}; "
             f"choose heads that divide it (e.g. {_divisors_near(hidden_size, num_attention_heads)})"
         )
+    num_layers = next(iter(counts.values()))
     config = copy.deepcopy(teacher_config)
-    _set_num_layers(config, num_hidden_layers)
+    _set_num_layers(config, num_layers)
     config.hidden_size = hidden_size
     config.num_attention_heads = num_attention_heads
     _set_intermediate_size(config, intermediate_size)
@@ -290,12 +321,9 @@ def student_from_config(
     if getattr(config, "num_key_value_heads", None) is not None:
         config.num_key_value_heads = num_attention_heads  # plain multi-head attention
     layer_types = getattr(config, "layer_types", None)
-    if isinstance(layer_types, list) and layer_types:
-        config.layer_types = [layer_types[i % len(layer_types)] for i in range(num_hidden_layers)]
-    if num_labels is not None and num_labels != config.num_labels:
-        config.num_labels = num_labels  # resets id2label/label2id to LABEL_i
-    config.architectures = None
-    return model_class.from_config(config).train()
+    if isinstance(layer_types, list) and layer_types:  # e.g. sliding/full attention, repeated in the teacher's cycle
+        config.layer_types = [layer_types[i % len(layer_types)] for i in range(num_layers)]
+    return config
 
 
 def _num_layers(config: PretrainedConfig | None, what: str) -> int:
