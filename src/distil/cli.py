@@ -1,4 +1,4 @@
-"""`distil run|teacher|soft-labels|student|eval|predict|generate|index|search|inspect|export`: thin commands.
+"""`distil run|teacher|soft-labels|student|eval|tune|predict|generate|index|search|inspect|export`: thin commands.
 
 Every configuration field is a flag named by its dotted path (`--teacher.train.epochs 1`), generated from the
 dataclasses in distil.config; flags override the YAML file, which overrides the embedded default.
@@ -24,6 +24,7 @@ from distil.models.causal import generate_text, load_causal_lm, load_causal_toke
 from distil.models.packaged import resolve_model
 from distil.report.report import run_eval
 from distil.tasks import QuestionAnsweringTask
+from distil.tune.study import tune_main
 
 CONFIG_COMMANDS = {
     "run": "every stage: teacher -> soft labels -> student (+ baseline) -> evaluation and report",
@@ -60,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="run the teacher every step instead of using cached soft labels",
             )
+    p = sub.add_parser(
+        "tune",
+        help="search the distillation settings (Optuna: tpe, grid, random, nsga2) on validation; test the pick once",
+        description="An Optuna study over the config's `tune.space` (dotted config keys); the teacher is trained and "
+        "its outputs cached once. Running the same command again continues the study.",
+    )
+    _add_config_flags(p)
+    p.add_argument("--trials", type=int, default=None, help="finished trials the study ends with (tune.trials)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL shared by workers (tune.storage)")
+    p.add_argument("--study-name", default=None, help="the study's name in the storage (tune.study_name)")
+    p.add_argument("--preset", choices=["auto"], default=None, help="auto: search student shapes and recipes too")
+    p.add_argument("--max-latency-ms", type=float, default=None, help="preset auto: batch-1 CPU latency budget")
+    p.add_argument("--max-params", type=int, default=None, help="preset auto: parameter budget")
     p = sub.add_parser("inspect", help="pre-flight: teacher and student side by side, layer map, which losses can run")
     p.add_argument("teacher", help="teacher model directory or hub name")
     p.add_argument("student", help="student model directory or hub name")
@@ -129,6 +143,19 @@ def _config_from_args(args: argparse.Namespace):
             print(f"config: {saved} (the run's own)")
             config = str(saved)
     return load_config(config, overrides)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    for flag, key in (("trials", "trials"), ("storage", "storage"), ("study_name", "study_name"), ("preset", "preset"),
+                      ("max_latency_ms", "max_latency_ms"), ("max_params", "max_params")):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(args, f"cfg:tune.{key}", str(value))
+    cfg = _config_from_args(args)
+    report = tune_main(cfg, resume=args.resume)
+    if report is not None:
+        print(f"\nreport: {cfg.output_path / 'report.md'}")
+    return 0
 
 
 def run_all(ctx: pipeline.Context) -> dict:
@@ -318,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             return _search(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "tune":
+            return _tune(args)
         if args.command == "export":
             return run_export_args(args)
         return _run_config_command(args)

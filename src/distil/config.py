@@ -16,7 +16,7 @@ import yaml
 
 from distil.dataclass_io import ConfigError, flag_specs, from_dict, merge, parse_flag_value, set_dotted, to_dict
 from distil.errors import DistilError
-from distil.options import CausalLMConfig, EmbeddingConfig
+from distil.options import CausalLMConfig, EmbeddingConfig, TuneConfig
 
 __all__ = ["ConfigError", "flag_specs", "from_dict", "merge", "parse_flag_value", "set_dotted", "to_dict"]
 
@@ -468,6 +468,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     causal_lm: CausalLMConfig = field(default_factory=CausalLMConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """`distil tune` only: the search space, sampler, objectives and budget (other commands ignore it)."""
 
     @property
     def output_path(self) -> Path:

@@ -68,6 +68,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(key, value, _type_name(tp))
     if origin is list:
         return _coerce_list(value, tp, key)
+    if tp is dict or origin is dict:  # a free mapping (tune.space), checked by its owner
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(key, value, "a mapping of keys")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, prefix=key)
     if tp is bool:

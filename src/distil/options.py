@@ -5,7 +5,7 @@ A section is a dataclass like the others (YAML key = field, CLI flag = dotted pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from distil.dataclass_io import ConfigError
 
@@ -99,3 +99,57 @@ class CausalLMConfig:
         for key in ("max_train_tokens", "max_eval_tokens"):
             value = getattr(self, key)
             _check(value is None or value >= 1, key, value, "null or an int >= 1")
+
+
+SAMPLERS = ("tpe", "grid", "random", "nsga2")
+PRUNERS = ("median", "hyperband", "none")
+RECIPE_CHOICES = ("kd", "distilbert", "tinybert", "minilm")
+
+
+@dataclass
+class TuneConfig:
+    """`distil tune`: an Optuna study over the run's own fields (dotted keys, as the CLI flags), the teacher
+    trained and its outputs cached once for every trial; trials are ranked on validation, the pick is tested once."""
+
+    sampler: str = "tpe"
+    """tpe (Bayesian), grid (every combination of `grid:` lists once), random, nsga2 (several objectives)."""
+    objectives: list[str] = field(default_factory=list)
+    """What the study optimises: validation.<metric> of the task (accuracy, f1, spearman, perplexity...),
+    latency_ms.b<batch> or params; empty: [validation.<the task's headline metric>]."""
+    space: dict = field(default_factory=dict)
+    """Dotted config key -> {low, high[, log, step]} | {choices: [...]} | {grid: [...]}; a stage's field is
+    stages.<stage name>.<field> (e.g. stages.task.loss.alpha)."""
+    trials: int | None = 20
+    """Finished trials the study ends with (pruned ones count); grid with null: every combination."""
+    pruner: str = "median"
+    """Stop hopeless trials at an evaluation: median (Optuna's MedianPruner), hyperband, none."""
+    keep_best: int = 3
+    """Finished trials whose student folder is kept (the best by the first objective; the Pareto front with two)."""
+    storage: str | None = None
+    """Optuna storage URL shared by workers (e.g. postgresql://..., sqlite:////shared/study.db); null: a SQLite
+    file in output_dir/tune/."""
+    study_name: str | None = None
+    """The study's name in the storage; null: distil-<output_dir's folder name>."""
+    compare_default: bool = True
+    """Also train the configuration as written (no tuned values) once, and compare the pick with it on test."""
+    preset: str | None = None
+    """auto: search student shapes and recipes under max_latency_ms / max_params (two objectives)."""
+    max_latency_ms: float | None = None
+    """preset auto: the student's batch-1 CPU latency budget (ms, eval.latency_seq_length tokens)."""
+    max_params: int | None = None
+    """preset auto: the student's parameter budget."""
+    recipes: list[str] = field(default_factory=lambda: list(RECIPE_CHOICES))
+    """preset auto: the recipes searched (kd, distilbert, tinybert, minilm)."""
+
+    def __post_init__(self):
+        _check(self.sampler in SAMPLERS, "sampler", self.sampler, " | ".join(SAMPLERS))
+        _check(self.pruner in PRUNERS, "pruner", self.pruner, " | ".join(PRUNERS))
+        _check(self.trials is None or self.trials >= 1, "trials", self.trials, "null or an int >= 1")
+        _check(self.keep_best >= 1, "keep_best", self.keep_best, "an int >= 1")
+        _check(self.preset in (None, "auto"), "preset", self.preset, "null or auto")
+        for key in ("max_latency_ms", "max_params"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, key, value, "null or a number > 0")
+        bad = [r for r in self.recipes if r not in RECIPE_CHOICES]
+        _check(bool(self.recipes) and not bad, "recipes", self.recipes, f"a non-empty list of {RECIPE_CHOICES}")
+        _check(len(self.objectives) <= 2, "objectives", self.objectives, "one or two objectives")

@@ -16,7 +16,7 @@ from distil.config import RunConfig, StageConfig, to_dict
 from distil.engine.compatibility import term_problems
 from distil.errors import DistilError
 
-RESUME_SAFE_KEYS = ("overwrite", "cache_dir", "eval.", "teacher.soft_label_batch_size")
+RESUME_SAFE_KEYS = ("overwrite", "cache_dir", "eval.", "teacher.soft_label_batch_size", "tune.")
 """Keys (dotted prefixes) that may differ from the run folder's config.yaml on --resume: they change where the
 cache lives or what the report measures, never a trained model."""
 RESUME_SAFE_SUFFIXES = (".eval_batch_size", ".logging_steps")

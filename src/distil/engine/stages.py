@@ -58,6 +58,10 @@ class Context:
     data_notes: dict[str, dict] = field(default_factory=dict)
     """What was done to training text beyond the split (general corpus, augmentation), for the report."""
     _held_out: frozenset[str] | None = None
+    stage_dirs: dict[str, Path] = field(default_factory=dict)
+    """Saved stages that live outside ``out`` (a tuning trial reads the study's one teacher)."""
+    roles: dict[str, str] = field(default_factory=dict)
+    """The report's names for the saved models, where they differ from `distil.report.report.ROLES`."""
 
     _task: Task | None = None
 
@@ -73,7 +77,14 @@ class Context:
         return self.cfg.output_path
 
     def stage_dir(self, stage: str) -> Path:
-        return self.out / stage
+        return self.stage_dirs.get(stage, self.out / stage)
+
+    def share_data(self, other: Context) -> None:
+        """Read the data another context of the same data and teacher already loaded (a tuning trial)."""
+        for name in ("data", "tokenizer", "student_tokenizer", "_held_out"):
+            setattr(self, name, getattr(other, name))
+        self.datasets, self.frames = dict(other.datasets), dict(other.frames)
+        self.student_datasets = dict(other.student_datasets)
 
     def done(self, stage: str) -> bool:
         return (self.stage_dir(stage) / "config.json").is_file()

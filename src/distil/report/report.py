@@ -36,7 +36,7 @@ def run_eval(ctx) -> dict:
     per_block: dict[tuple[str, str], np.ndarray] = {}  # (stage, eval set) -> (N,) a score per row, lower better
     for stage, model in models.items():
         row = {
-            "role": ROLES[stage],
+            "role": ctx.roles.get(stage, ROLES[stage]),
             "parameters": count_parameters(model),
             "size_bytes": size_on_disk(ctx.stage_dir(stage)),
         }
@@ -258,6 +258,8 @@ def verdicts(report: dict, level: float = 0.05) -> list[str]:
     unit = info["paired_unit"]
     sizes = {"test": report["data"]["splits"]["test"], **report["data"]["extra_test_sets"]}
     lines = []
+    a_name, b_name = models["student"].get("role", ROLES["student"]), models["baseline"].get("role", ROLES["baseline"])
+    b_name = "the same student without teacher" if b_name == ROLES["baseline"] else f"the {b_name}"
     set_metrics = info.get("set_metrics", {})
     for name, n in sizes.items():
         metric = set_metrics.get(name, info["metric"])
@@ -270,7 +272,7 @@ def verdicts(report: dict, level: float = 0.05) -> list[str]:
             if metric in info.get("raw_metrics", ())
             else f"{100 * diff:+.2f} points of {metric}"
         )
-        head = f"{name}: distilled student {amount} vs the same student without teacher (n={n}"
+        head = f"{name}: {a_name} {amount} vs {b_name} (n={n}"
         paired = report.get("paired", {}).get(name)
         if paired is None and set_metrics:  # a correlation or a fidelity score: no per-unit paired test
             lines.append(f"{head}; {metric} has no per-unit paired test)")
@@ -397,7 +399,7 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     if report.get("baseline"):
-        md += [f"Baseline (student without teacher): {report['baseline']}.", ""]
+        md += [f"Baseline ({report['models']['baseline'].get('role', ROLES['baseline'])}): {report['baseline']}.", ""]
     for note in report.get("training_text", []):
         if note["data"] == "general":
             md.append(
@@ -413,7 +415,12 @@ def render_markdown(report: dict) -> str:
     if report.get("training_text"):
         md.append("")
     if report.get("verdicts"):
-        md += ["What distillation bought here:", ""] + [f"- {v}" for v in report["verdicts"]] + [""]
+        bought = (
+            "distillation"
+            if report["models"]["student"].get("role", ROLES["student"]) == ROLES["student"]
+            else "tuning"
+        )
+        md += [f"What {bought} bought here:", ""] + [f"- {v}" for v in report["verdicts"]] + [""]
     if report.get("soft_labels"):
         s = report["soft_labels"]
         per_token = f", {s['bytes_per_token']} bytes per token" if s.get("bytes_per_token") else ""

@@ -1,0 +1,1 @@
+"""`distil tune`: Optuna studies over a run's settings (`distil.tune.study`)."""

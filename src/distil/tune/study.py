@@ -1,0 +1,432 @@
+"""`distil tune`: an Optuna study over a run's own settings.
+
+Layout of ``output_dir``:
+    config.yaml              the study's base configuration (tune section included)
+    teacher/                 trained once; every trial reads it (and its cached outputs: the soft-label cache)
+    default/                 the configuration as written, trained once (tune.compare_default)
+    trials/NNNN/             one run folder per trial: config.yaml, training_history; student/ kept for the best
+    tune/study.db            the Optuna storage (SQLite) unless --storage names another
+    tune/trials.csv tune/best.yaml tune/plots/*.png
+    report.json report.md    the pick against the untuned default on test (the only test evaluation)
+
+Trials are ranked on validation only. Several processes may work on one study (the same --storage); each
+finished trial is counted once, and a trial whose process died is marked failed (its host and pid, or Optuna's
+heartbeat for another machine) before the study goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import math
+import os
+import shutil
+import socket
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from transformers import TrainerCallback
+
+from distil.config import RunConfig, load_config, to_dict
+from distil.engine import stages as pipeline
+from distil.engine.preflight import config_differences
+from distil.errors import DistilError
+from distil.io import read_json
+from distil.models.loading import count_parameters
+from distil.report.evaluate import latency_table
+from distil.tune.auto import AutoSpace, auto_space
+from distil.tune.output import finish_study
+from distil.tune.space import Param, config_of, grid_of, parse_space
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+LOWER_IS_BETTER = {"perplexity", "nll", "loss"}
+CONTINUE_SAFE = ("tune.trials", "tune.storage", "tune.keep_best", "overwrite", "cache_dir")
+"""What may change when a study is continued: how many trials, where it is stored, what is kept."""
+
+
+class _Surplus(Exception):
+    """A trial asked for after the study already had its trials (two workers at the last slot)."""
+
+
+class _Reporter(TrainerCallback):
+    """Reports the validation metric of each evaluation to the trial; stops the Trainer when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, prune: bool):
+        self.trial, self.metric, self.prune = trial, metric, prune
+        self.offset, self.last = 0, -1  # steps of earlier stages (a multi-stage recipe), last step reported
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+        self.trial.set_user_attr("max_steps", self.offset + state.max_steps)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(f"eval_{self.metric}")
+        step = self.offset + state.global_step
+        if not getattr(self, "training", False) or value is None or step <= self.last:
+            return  # the best checkpoint's evaluation after training: not a step of the curve
+        self.last = step
+        self.trial.set_user_attr("steps", step)
+        if not self.prune:
+            return
+        self.trial.report(float(value), step)
+        if step >= 0.25 * self.trial.user_attrs.get("max_steps", 0) and self.trial.should_prune():  # not judged
+            # in its first quarter: a low learning rate starts slow
+            raise optuna.TrialPruned(f"validation {self.metric} {value:.4f} at step {step}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+        self.offset += state.global_step
+
+
+def objective_names(cfg: RunConfig, task) -> tuple[list[str], list[str]]:
+    """The study's objectives and their directions; an objective the task does not produce is refused."""
+    names = list(cfg.tune.objectives) or [f"validation.{task.best_metric}"]
+    if cfg.tune.preset == "auto" and len(names) == 1:
+        names.append("latency_ms.b1" if cfg.tune.max_latency_ms or not cfg.tune.max_params else "params")
+    metrics = [m for m, _ in task.report_metrics]
+    directions = []
+    for name in names:
+        kind, _, what = name.partition(".")
+        ok = (kind == "validation" and what in metrics) or name == "params"
+        ok = ok or (kind == "latency_ms" and what.startswith("b") and what[1:].isdigit() and int(what[1:]) >= 1)
+        if not ok:
+            valid = ", ".join([f"validation.{m}" for m in metrics] + ["latency_ms.b1", "params"])
+            raise DistilError(f"tune.objectives: '{name}' is not produced by a {task.name} run; use {valid}")
+        lower = kind != "validation" or what in LOWER_IS_BETTER or (what == task.best_metric and task_lower(task))
+        directions.append("minimize" if lower else "maximize")
+    if len(names) > 1 and cfg.tune.sampler == "grid":
+        raise DistilError("tune.sampler grid: one objective only (use nsga2 or tpe for a Pareto front)")
+    if not names[0].startswith("validation."):
+        raise DistilError(f"tune.objectives: the first objective must be a validation metric, got '{names[0]}'")
+    return names, directions
+
+
+def task_lower(task) -> bool:
+    return bool(getattr(task, "lower_is_better", False))
+
+
+def _sampler(cfg: RunConfig, params: list[Param]):
+    seed = cfg.seed
+    if cfg.tune.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_of(params), seed=seed)
+    if cfg.tune.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if cfg.tune.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, (cfg.tune.trials or 20) // 4)))
+    startup = max(2, min(10, (cfg.tune.trials or 20) // 3))  # a short study leaves TPE room to model
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+
+
+def _pruner(cfg: RunConfig, objectives: list[str]):
+    if cfg.tune.pruner == "none" or len(objectives) > 1:
+        return optuna.pruners.NopPruner()
+    if cfg.tune.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+
+def storage_url(cfg: RunConfig) -> str:
+    if cfg.tune.storage:
+        return cfg.tune.storage
+    return f"sqlite:///{(cfg.output_path / 'tune' / 'study.db').resolve()}"
+
+
+@contextlib.contextmanager
+def _study_lock(out: Path):
+    """One process of this machine at a time builds the shared teacher and default (workers wait, then reuse)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".tune.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Study:
+    """One `distil tune` process: shared teacher and data, the Optuna study, the trials, the pick."""
+
+    def __init__(self, cfg: RunConfig, resume: bool = False):
+        self.cfg, self.out = cfg, cfg.output_path
+        self.base = to_dict(cfg)
+        self.ctx = pipeline.Context(cfg, resume=resume)
+        self.task = self.ctx.task
+        self.objectives, self.directions = objective_names(cfg, self.task)
+        self.metric = self.objectives[0].split(".", 1)[1]
+        self.params: list[Param] = []
+        self.auto: AutoSpace | None = None  # preset auto: shapes within the budget, recipe bases
+        if cfg.tune.preset != "auto":
+            if not cfg.tune.space:
+                raise DistilError(
+                    "tune.space: empty; add the keys to search under tune.space in the config (README: Tuning) "
+                    "or use --preset auto"
+                )
+            self.params = parse_space(cfg.tune.space, cfg, cfg.tune.sampler)
+        elif not (cfg.tune.max_latency_ms or cfg.tune.max_params):
+            raise DistilError("--preset auto: give the budget with --max-latency-ms X and/or --max-params N")
+        self.grid_size = math.prod(len(p.choices) for p in self.params) if cfg.tune.sampler == "grid" else None
+        self.n_trials = cfg.tune.trials if cfg.tune.trials is not None else (self.grid_size or 20)
+        if self.grid_size is not None:
+            self.n_trials = min(self.n_trials, self.grid_size)
+
+    # -- the shared part: folder, data, teacher, default -----------------------------------------------------
+
+    def prepare(self) -> None:
+        """Check the folder, read the data, train the teacher once and the untuned default once."""
+        cfg, out = self.cfg, self.out
+        if cfg.overwrite and out.exists() and not cfg.tune.storage:
+            shutil.rmtree(out)
+        saved = out / "config.yaml"
+        if saved.is_file():  # the same study again continues it; another one in its folder is refused
+            diffs = config_differences(load_config(str(saved)), cfg)
+            diffs = {k: v for k, v in diffs.items() if not k.startswith(CONTINUE_SAFE)}
+            if diffs:
+                shown = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in list(diffs.items())[:4])
+                raise DistilError(
+                    f"output_dir '{out}' holds a study with other settings: {shown}; continue it with its own "
+                    "config.yaml (`distil tune OUTPUT_DIR/config.yaml`), or use another --output_dir (or --overwrite)"
+                )
+        self.ctx.load_data()
+        with _study_lock(out):
+            if not self.ctx.done("teacher"):
+                pipeline.check_models(self.ctx)
+            pipeline.write_config(self.ctx)
+            if not self.ctx.done("teacher"):
+                pipeline.run_teacher(self.ctx)
+            else:
+                print(f"teacher: done ({self.ctx.stage_dir('teacher')})")
+            if cfg.tune.compare_default and not (out / "default" / "student" / "config.json").is_file():
+                print("default: the configuration as written, trained once for the comparison")
+                default = self.trial_context(cfg, out / "default")
+                pipeline.run_student(default)
+                shutil.rmtree(out / "default" / "work", ignore_errors=True)
+
+    def trial_context(self, cfg: RunConfig, folder: Path, callbacks: list | None = None) -> pipeline.Context:
+        """A run context in ``folder`` (its config.yaml written) that trains one student from the study's teacher."""
+        cfg = copy.deepcopy(cfg)
+        cfg.output_dir, cfg.baseline, cfg.overwrite = str(folder), False, True
+        ctx = self.context(cfg, callbacks=callbacks or [], stage_dirs={"teacher": self.out / "teacher"})
+        pipeline.write_config(ctx)
+        return ctx
+
+    def context(self, cfg: RunConfig, **fields) -> pipeline.Context:
+        """A context of ``cfg`` that reads the study's tokenised data when its data and student tokenizer are the
+        study's (else it reads its own)."""
+        ctx = pipeline.Context(cfg, **fields)
+        base = self.cfg.student
+        same_tokens = (cfg.student.init, cfg.student.pretrained) == (base.init, base.pretrained) or (
+            "pretrained" not in (cfg.student.init, base.init)
+        )
+        if to_dict(cfg.data) == to_dict(self.cfg.data) and same_tokens:
+            ctx.share_data(self.ctx)
+        else:
+            ctx.load_data()
+        return ctx
+
+    # -- the study ------------------------------------------------------------------------------------------
+
+    def open_study(self) -> optuna.Study:
+        url = storage_url(self.cfg)
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        except Exception as e:  # a bad URL or an unreachable database
+            raise DistilError(
+                f"--storage '{url}': cannot open it ({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from None
+        name = self.cfg.tune.study_name or f"distil-{self.out.resolve().name}"
+        params = self.params if self.cfg.tune.preset != "auto" else []
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            sampler=_sampler(self.cfg, params),
+            pruner=_pruner(self.cfg, self.objectives),
+            directions=self.directions,
+            load_if_exists=True,
+        )
+        if [d.name.lower() for d in study.directions] != self.directions:
+            raise DistilError(f"--storage: study '{name}' exists with other objectives; use another tune.study_name")
+        if study.user_attrs.get("objectives") not in (None, self.objectives):
+            raise DistilError(
+                f"--storage: study '{name}' optimises {study.user_attrs['objectives']}, not {self.objectives}; "
+                "use another tune.study_name"
+            )
+        study.set_user_attr("objectives", self.objectives)
+        self._fail_dead_trials(study)
+        return study
+
+    def _fail_dead_trials(self, study: optuna.Study) -> None:
+        """A trial left running by a process of this host that is gone (kill -9) is failed, never finished."""
+        host = socket.gethostname()
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            pid = trial.user_attrs.get("pid")
+            if trial.user_attrs.get("host") != host or pid is None or _alive(pid):
+                continue
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            print(f"trial {trial.number}: its process ({pid}) is gone; marked failed")
+
+    def counts(self, study: optuna.Study, before: int | None = None) -> tuple[int, int]:
+        """(finished, running) trials, those numbered below ``before`` when given."""
+        finished = running = 0
+        for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)):
+            if before is not None and t.number >= before:
+                continue
+            if t.state == TrialState.RUNNING:
+                running += 1
+            else:
+                finished += 1
+        return finished, running
+
+    def optimize(self, study: optuna.Study) -> None:
+        done, _ = self.counts(study)
+        if done:
+            print(f"study: {done} of {self.n_trials} trials already finished; continuing")
+        while True:
+            finished, running = self.counts(study)
+            if finished + running >= self.n_trials:
+                break
+            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+                break
+            study.optimize(self.objective, n_trials=1, catch=(_Surplus, DistilError), callbacks=[self._progress])
+
+    def objective(self, trial: optuna.Trial):
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        finished, running = self.counts(trial.study, before=trial.number)
+        if finished + running >= self.n_trials:
+            trial.set_user_attr("surplus", True)
+            raise _Surplus("the study already has its trials")
+        if self.auto is not None:
+            recipe, values = self.auto.suggest(trial)
+            cfg = config_of(self.auto.bases[recipe], values, what="tune preset auto")
+        else:
+            values = {p.key: p.suggest(trial) for p in self.params}
+            cfg = config_of(self.base, values)
+        folder = self.out / "trials" / f"{trial.number:04d}"
+        reporter = _Reporter(trial, self.metric, prune=len(self.objectives) == 1)
+        start = time.perf_counter()
+        try:
+            ctx = self.trial_context(cfg, folder, callbacks=[reporter])
+            pipeline.run_student(ctx)
+        except optuna.TrialPruned:
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
+            shutil.rmtree(folder / "work", ignore_errors=True)
+            raise
+        except DistilError as e:
+            trial.set_user_attr("error", str(e))
+            shutil.rmtree(folder / "work", ignore_errors=True)
+            raise
+        history = read_json(folder / "student" / "training_history.json")
+        validation = {k.replace("eval_", ""): v for k, v in (history.get("best_validation") or {}).items()}
+        reported = {m for m, _ in self.task.report_metrics} | {"loss"}
+        trial.set_user_attr("validation", {k: v for k, v in validation.items() if k in reported})
+        trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
+        results = []
+        for name in self.objectives:
+            kind, _, what = name.partition(".")
+            if kind != "validation" and self.auto is not None:  # the shape's own figure, timed once
+                results.append(float(trial.user_attrs[name]))
+            elif kind == "validation":
+                if what not in validation:
+                    raise DistilError(f"trial {trial.number}: no validation {what} (the stage ran no evaluation)")
+                results.append(float(validation[what]))
+            else:
+                results.append(self.measure(ctx, name))
+        shutil.rmtree(folder / "work", ignore_errors=True)
+        return results[0] if len(results) == 1 else results
+
+    def measure(self, ctx: pipeline.Context, name: str) -> float:
+        """latency_ms.bN (median, the run's latency protocol) or params of a trial's saved student."""
+        model = pipeline.load_stage_model(ctx, "student")
+        if name == "params":
+            return float(count_parameters(model))
+        batch = int(name.split(".b")[1])
+        e = self.cfg.eval
+        return float(latency_table({"s": model}, [batch], e.latency_seq_length, e.latency_repeats)["s"][batch])
+
+    def _progress(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.user_attrs.get("surplus"):
+            return
+        finished, _ = self.counts(study)
+        where = f"trial {trial.number} ({finished}/{self.n_trials})"
+        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        seconds = trial.user_attrs.get("seconds", 0)
+        if trial.state == TrialState.PRUNED:
+            print(f"{where}: pruned at step {trial.last_step} of {trial.user_attrs.get('max_steps')} "
+                  f"({params}) after {seconds:.0f} s")  # fmt: skip
+        elif trial.state == TrialState.FAIL:
+            print(f"{where}: failed: {trial.user_attrs.get('error', 'see the log above')}")
+        else:
+            values = ", ".join(f"{n} {v:.4g}" for n, v in zip(self.objectives, trial.values))
+            best = _best_line(study, self.objectives)
+            print(f"{where}: {values} ({params}) in {seconds:.0f} s; {best}")
+        self.keep_best(study)
+
+    def keep_best(self, study: optuna.Study) -> None:
+        """Delete the student folders of finished trials outside the best `tune.keep_best` (or the Pareto front)."""
+        kept = {t.number for t in best_trials(study, self.cfg.tune.keep_best)}
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            folder = self.out / "trials" / f"{trial.number:04d}" / "student"
+            if trial.number not in kept and folder.is_dir():
+                shutil.rmtree(folder)
+
+    def run(self) -> dict | None:
+        self.prepare()
+        study = self.open_study()
+        if self.cfg.tune.preset == "auto":
+            teacher = pipeline.load_stage_model(self.ctx, "teacher")
+            self.auto = auto_space(self, teacher, stored=study.user_attrs.get("auto"))
+            study.set_user_attr("auto", {"shapes": self.auto.shapes, "dropped": self.auto.dropped,
+                                         "teacher": self.auto.teacher})  # fmt: skip
+        self.optimize(study)
+        finished, running = self.counts(study)
+        if running:
+            print(f"study: {running} trial(s) still running in other processes; the last one writes the report")
+            return None
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            raise DistilError("tune: no trial finished (every one failed or was pruned); see the lines above")
+        return finish_study(self, study)
+
+
+def best_trials(study: optuna.Study, keep: int) -> list:
+    """The best ``keep`` finished trials by the first objective, or the whole Pareto front with two objectives."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(study.directions) > 1:
+        return study.best_trials
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    return sorted(done, key=lambda t: (sign * t.value, t.number))[:keep]
+
+
+def _best_line(study: optuna.Study, objectives: list[str]) -> str:
+    if len(objectives) > 1:
+        return f"Pareto front: {len(study.best_trials)} trial(s)"
+    best = study.best_trial
+    return f"best so far {best.value:.4g} (trial {best.number})"
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tune_main(cfg: RunConfig, resume: bool = False) -> dict | None:
+    """`distil tune`: run (or continue) the study of ``cfg.tune``; returns the final report, or None when other
+    processes still run trials."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return Study(cfg, resume=resume).run()
