@@ -199,6 +199,32 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
             ["run", "causal-lm", "--causal_lm.top_k", "60000", *run("ck")],
             tmp / "ck",
         ),
+        (
+            "tune: a space key that is not a config field (loss.alpah)",
+            ["tune", "configs/tune-2layer.yaml", "--tune.space", "{loss.alpah: {low: 0, high: 1}}", *run("t1")],
+            tmp / "t1",
+        ),
+        (
+            "tune: a range with low > high",
+            ["tune", "configs/tune-2layer.yaml", "--tune.space", "{loss.alpha: {low: 0.9, high: 0.1}}", *run("t2")],
+            tmp / "t2",
+        ),
+        (
+            "tune: a fixed key (data.max_length: every trial shares the data)",
+            ["tune", "configs/tune-2layer.yaml", "--tune.space", "{data.max_length: {choices: [32, 64]}}", *run("t3")],
+            tmp / "t3",
+        ),
+        (
+            "tune: a choice the config refuses (loss.alpha 1.5)",
+            ["tune", "configs/tune-2layer.yaml", "--tune.space", "{loss.alpha: {choices: [0.5, 1.5]}}", *run("t4")],
+            tmp / "t4",
+        ),
+        (
+            "tune: an objective a classifier does not produce (validation.f1)",
+            ["tune", "configs/tune-2layer.yaml", "--tune.objectives", "[validation.f1]", *run("t5")],
+            tmp / "t5",
+        ),
+        ("tune: --preset auto without a budget", ["tune", "--preset", "auto", *run("t6")], tmp / "t6"),
         ("index an empty corpus", ["index", minilm, str(empty), "--out", str(tmp / "idx0")], tmp / "idx0"),
         ("search an index with another model", ["search", str(index), "a film", "--model", str(other)], None),
         ("search a folder that is not an index", ["search", str(tmp), "a film"], None),

@@ -85,6 +85,10 @@ class Context:
             setattr(self, name, getattr(other, name))
         self.datasets, self.frames = dict(other.datasets), dict(other.frames)
         self.student_datasets = dict(other.student_datasets)
+        mine, theirs = self.cfg, other.cfg
+        same = (mine.task, mine.embedding, mine.causal_lm) == (theirs.task, theirs.embedding, theirs.causal_lm)
+        if same and other._task is not None:  # the task's state from reading the data (label names, truncation)
+            self._task = other._task
 
     def done(self, stage: str) -> bool:
         return (self.stage_dir(stage) / "config.json").is_file()

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from distil.config import RunConfig, load_config, merge, to_dict
 from distil.engine import stages as pipeline
+from distil.engine.preflight import check_model_pair
+from distil.engine.stages import student_stages
 from distil.errors import DistilError
 from distil.models.loading import count_parameters
 from distil.report.evaluate import latency_table
@@ -33,11 +35,18 @@ class AutoSpace:
     """Shapes over the budget (with their figures), for the report."""
     teacher: dict = field(default_factory=dict)
     """The teacher's latency and params on the same protocol."""
+    candidates: list[str] = field(default_factory=list)
+    """"recipe shape" pairs whose loss terms can run on the student (TinyBERT's attention terms need the
+    teacher's head count, ...), within the budget: the one categorical choice of the search."""
+    refused: dict[str, str] = field(default_factory=dict)
+    """Pairs left out and why."""
+
+    def stored(self) -> dict:
+        return {k: getattr(self, k) for k in ("shapes", "dropped", "teacher", "candidates", "refused")}
 
     def suggest(self, trial) -> tuple[str, dict]:
         """(recipe, config values) of one trial; the shape's latency and params are stored with it."""
-        recipe = trial.suggest_categorical("recipe", list(self.bases))
-        shape = trial.suggest_categorical("student", list(self.shapes))
+        recipe, shape = trial.suggest_categorical("candidate", self.candidates).split(" ")
         values = dict(self.shapes[shape]["values"])
         last = self.bases[recipe].get("stages") or []
         prefix = f"stages.{last[-1]['name']}." if last else ""
@@ -80,7 +89,8 @@ def auto_space(study, teacher, stored: dict | None = None) -> AutoSpace:
         bases[recipe] = merge(base, {k: user[k] for k in SHARED})
     space = AutoSpace(bases)
     if stored:
-        space.shapes, space.dropped, space.teacher = stored["shapes"], stored["dropped"], stored["teacher"]
+        for key, value in stored.items():
+            setattr(space, key, value)
         return space
     models = {"teacher": teacher}
     labels = _shape_values(teacher.config)
@@ -109,6 +119,19 @@ def auto_space(study, teacher, stored: dict | None = None) -> AutoSpace:
             f"smallest, {smallest[0]}, has {smallest[1]['params']:,} parameters (teacher "
             f"{space.teacher['latency_ms']:.2f} ms); raise the budget"
         )
+    for recipe, base in bases.items():  # each recipe's stages against each shape, as `distil inspect` checks them
+        for label in space.shapes:
+            cfg_pair = config_of(base, labels[label], what="tune preset auto")
+            try:
+                check_model_pair(student_stages(cfg_pair), teacher, models[label])
+            except DistilError as e:
+                space.refused[f"{recipe} {label}"] = str(e)
+                continue
+            space.candidates.append(f"{recipe} {label}")
+    if not space.candidates:
+        raise DistilError(f"--preset auto: no recipe of {cfg.tune.recipes} can train a shape within the budget: "
+                          f"{next(iter(space.refused.values()))}")  # fmt: skip
     kept = ", ".join(f"{k} {v['latency_ms']:.2f} ms {v['params'] / 1e6:.1f}M" for k, v in space.shapes.items())
-    print(f"preset auto: {len(space.shapes)} shapes within the budget: {kept}; {len(space.dropped)} over it")
+    print(f"preset auto: {len(space.shapes)} shapes within the budget: {kept}; {len(space.dropped)} over it; "
+          f"{len(space.candidates)} recipe x shape candidates ({len(space.refused)} pairs cannot train)")  # fmt: skip
     return space

@@ -9,13 +9,15 @@ import warnings
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from distil.config import RunConfig, dump_yaml, from_dict, load_config, merge, to_dict
 from distil.engine import stages as pipeline
+from distil.errors import DistilError
 from distil.io import atomic_path, read_json, write_json, write_text
 from distil.options import TuneConfig
 from distil.report.evaluate import predict_logits
-from distil.report.report import render_markdown, run_eval
+from distil.report.report import render_markdown, run_eval, verdicts
 
 
 def trial_rows(study, objectives: list[str]) -> list[dict]:
@@ -26,8 +28,10 @@ def trial_rows(study, objectives: list[str]) -> list[dict]:
         if t.user_attrs.get("surplus"):
             continue
         row = {"number": t.number, "state": t.state.name.lower()}
-        values = t.values or [None] * len(objectives)
-        row.update({name: value for name, value in zip(objectives, values)})
+        values = t.values if t.state == TrialState.COMPLETE else [None] * len(objectives)  # a pruned trial's value
+        row.update({name: value for name, value in zip(objectives, values)})  # is only its last report
+        if t.state == TrialState.PRUNED and t.intermediate_values:
+            row["pruned_at_value"] = t.intermediate_values[t.last_step]
         row.update({f"param:{k}": v for k, v in t.params.items()})
         row.update({f"validation:{k}": v for k, v in t.user_attrs.get("validation", {}).items()})
         row["seconds"] = t.user_attrs.get("seconds")
@@ -48,11 +52,20 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def best_trials(study: optuna.Study, keep: int) -> list:
+    """The best ``keep`` finished trials by the first objective, or the whole Pareto front with two objectives."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(study.directions) > 1:
+        return study.best_trials
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    return sorted(done, key=lambda t: (sign * t.value, t.number))[:keep]
+
+
 def pick_trial(study, objectives: list[str]):
     """The chosen trial: the best on the first objective (among the Pareto front with two, which all meet the
     budget: the most accurate)."""
     if len(objectives) == 1:
-        return study.best_trial
+        return best_trials(study, 1)[0]  # ties: the earliest (the one keep_best keeps)
     maximise = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     return sorted(study.best_trials, key=lambda t: ((-1 if maximise else 1) * t.values[0], t.number))[0]
 
@@ -142,9 +155,20 @@ def tune_markdown(summary: dict) -> list[str]:
             f"{summary['pick']['values'][0]:.4f}, untuned default {summary['default_validation']:.4f}."
         )
     md.append(f"Pick: {json.dumps(summary['pick']['params'])}; runnable as `distil run {summary['best_yaml']}`.")
+    if summary.get("auto"):
+        auto = summary["auto"]
+        budget = ", ".join(f"{k} {v:g}" for k, v in auto["budget"].items() if v)
+        shapes = ", ".join(
+            f"{k} ({v['latency_ms']:.2f} ms, {v['params'] / 1e6:.2f}M)" for k, v in auto["shapes"].items()
+        )
+        over = ", ".join(auto["over_budget"]) or "-"
+        md.append(
+            f"Preset auto, budget {budget}: shapes within it {shapes}; over it: {over}; teacher "
+            f"{auto['teacher']['latency_ms']:.2f} ms, {auto['teacher']['params'] / 1e6:.2f}M."
+        )
     if summary.get("front"):
         md += ["", "Pareto front (each point tested once):", ""]
-        md += ["| trial | " + " | ".join(objectives) + " | test | params |", "|---" * (len(objectives) + 3) + "|"]
+        md += ["| trial | " + " | ".join(objectives) + " | test | parameters |", "|---" * (len(objectives) + 3) + "|"]
         for p in summary["front"]:
             values = " | ".join(f"{v:.4g}" for v in p["values"])
             md.append(f"| {p['number']} | {values} | {p['test']:.4f} | {json.dumps(p['params'])} |")
@@ -215,7 +239,17 @@ def finish_study(study_obj, study) -> dict:
              "test": test_scores(study_obj, out / "trials" / f"{t.number:04d}")[study_obj.task.best_metric]}
             for t in sorted(study.best_trials, key=lambda t: t.number)
         ]  # fmt: skip
+    if not (pick_dir / "student" / "config.json").is_file():
+        raise DistilError(
+            f"tune: the pick's student ({pick_dir / 'student'}) is not here; workers on several machines must share "
+            "output_dir (a shared filesystem) as well as the storage"
+        )
     report = _final_report(study_obj, pick, pick_dir, best)
+    report["baseline"] = (
+        "the configuration as written (config.yaml without the tuned values), distilled from the same teacher and "
+        "cached outputs, best checkpoint on validation"
+    )
+    report["verdicts"] = verdicts(report)
     report["tune"] = summary
     write_text(out / "report.md", render_markdown(report) + "\n".join(tune_markdown(summary)) + "\n")
     write_json(out / "report.json", report)

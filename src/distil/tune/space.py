@@ -25,7 +25,9 @@ from distil.config import (
 )
 from distil.errors import DistilError
 
-FIXED_PREFIXES = ("task", "output_dir", "cache_dir", "seed", "overwrite", "baseline", "data.", "teacher.", "tune.")
+FIXED_PREFIXES = ("task", "output_dir", "cache_dir", "seed", "overwrite", "baseline", "data.", "teacher.", "tune.",
+                  "eval.", "causal_lm.max_", "embedding.eval_max_length", "embedding.max_queries",
+                  "embedding.bbc_articles")  # fmt: skip
 """Keys a study never varies: the data and the teacher are shared by every trial (it is trained once), and the
 seed is part of what is compared."""
 
@@ -135,6 +137,13 @@ def parse_space(space: dict, cfg: RunConfig, sampler: str) -> list[Param]:
             stages = [s.name for s in cfg.stages]
             where = f"; a stage's field is stages.<name>.<field> with names {stages}" if stages else ""
             raise DistilError(f"tune.space: '{key}' is not a config field; {hint}{where}")
+        if cfg.stages and key.startswith(("loss.", "distill.")):
+            names = [s.name for s in cfg.stages]
+            raise DistilError(
+                f"tune.space: '{key}' is not used by a config with stages {names} (each stage has its own); search "
+                f"stages.<name>.loss.* / stages.<name>.train.*, e.g. stages.{names[-1]}."
+                + key.replace("distill.", "train.")
+            )
         if not isinstance(spec, dict):
             raise DistilError(
                 f"tune.space.{key}: {spec!r}; write {{low: A, high: B}}, {{choices: [...]}} or {{grid: [...]}}"
@@ -152,6 +161,8 @@ def _param(key: str, spec: dict, tp: Any, sampler: str) -> Param:
     if unknown:
         raise DistilError(f"tune.space.{key}: unknown setting {sorted(unknown)}; use low/high/log/step, choices, grid")
     listed = spec.get("choices", spec.get("grid"))
+    if listed is not None and (set(spec) & {"low", "high", "log", "step"} or len(set(spec) & {"choices", "grid"}) > 1):
+        raise DistilError(f"tune.space.{key}: either a list (choices or grid) or a range (low/high), not both")
     if listed is not None:
         if not isinstance(listed, list) or not listed:
             raise DistilError(f"tune.space.{key}: choices/grid must be a non-empty list, got {listed!r}")
@@ -167,10 +178,14 @@ def _param(key: str, spec: dict, tp: Any, sampler: str) -> Param:
     low, high = _number(key, spec, "low"), _number(key, spec, "high")
     if low > high:
         raise DistilError(f"tune.space.{key}: low {low:g} > high {high:g}; swap them")
-    log = bool(spec.get("log", False))
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise DistilError(f"tune.space.{key}.log: {log!r}; write true or false")
     if log and low <= 0:
         raise DistilError(f"tune.space.{key}: a log range needs low > 0, got {low:g}")
     step = _number(key, spec, "step") if spec.get("step") is not None else None
+    if step is not None and step <= 0:
+        raise DistilError(f"tune.space.{key}.step: {step:g}; a step must be > 0")
     if log and step is not None:
         raise DistilError(f"tune.space.{key}: step and log cannot be combined (Optuna)")
     is_int = tp is int or (getattr(tp, "__args__", None) and int in tp.__args__ and float not in tp.__args__)

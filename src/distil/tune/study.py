@@ -25,6 +25,7 @@ import shutil
 import socket
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import optuna
@@ -33,16 +34,20 @@ from transformers import TrainerCallback
 
 from distil.config import RunConfig, load_config, to_dict
 from distil.engine import stages as pipeline
-from distil.engine.preflight import config_differences
+from distil.engine.preflight import check_writable, config_differences
 from distil.errors import DistilError
-from distil.io import read_json
+from distil.io import read_json, write_json
 from distil.models.loading import count_parameters
 from distil.report.evaluate import latency_table
 from distil.tune.auto import AutoSpace, auto_space
-from distil.tune.output import finish_study
+from distil.tune.output import best_trials, finish_study
 from distil.tune.space import Param, config_of, grid_of, parse_space
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+RETRY = optuna.storages.RetryFailedTrialCallback(max_retry=None)
+"""Re-queues a failed trial's parameters (a trial of a dead process, on this host or by Optuna's heartbeat)."""
+MAX_FAILURES = 5
+"""Failed trials in a row after which a study stops (a space whose points cannot train)."""
 LOWER_IS_BETTER = {"perplexity", "nll", "loss"}
 CONTINUE_SAFE = ("tune.trials", "tune.storage", "tune.keep_best", "overwrite", "cache_dir")
 """What may change when a study is continued: how many trials, where it is stored, what is kept."""
@@ -60,7 +65,7 @@ class _Reporter(TrainerCallback):
         self.offset, self.last = 0, -1  # steps of earlier stages (a multi-stage recipe), last step reported
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.training = True
+        self.training, self.stage_steps = True, state.max_steps
         self.trial.set_user_attr("max_steps", self.offset + state.max_steps)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -73,8 +78,8 @@ class _Reporter(TrainerCallback):
         if not self.prune:
             return
         self.trial.report(float(value), step)
-        if step >= 0.25 * self.trial.user_attrs.get("max_steps", 0) and self.trial.should_prune():  # not judged
-            # in its first quarter: a low learning rate starts slow
+        # a stage is not judged in its first quarter: a low learning rate starts slow
+        if state.global_step >= 0.25 * self.stage_steps and self.trial.should_prune():
             raise optuna.TrialPruned(f"validation {self.metric} {value:.4f} at step {step}")
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -84,6 +89,11 @@ class _Reporter(TrainerCallback):
 
 def objective_names(cfg: RunConfig, task) -> tuple[list[str], list[str]]:
     """The study's objectives and their directions; an objective the task does not produce is refused."""
+    if not getattr(task, "validates", True):
+        raise DistilError(
+            f"tune: a {task.name} run has no validation pass to rank trials on (it keeps the last weights); "
+            "tune a task that validates (classification, token-classification, question-answering)"
+        )
     names = list(cfg.tune.objectives) or [f"validation.{task.best_metric}"]
     if cfg.tune.preset == "auto" and len(names) == 1:
         names.append("latency_ms.b1" if cfg.tune.max_latency_ms or not cfg.tune.max_params else "params")
@@ -100,6 +110,8 @@ def objective_names(cfg: RunConfig, task) -> tuple[list[str], list[str]]:
         directions.append("minimize" if lower else "maximize")
     if len(names) > 1 and cfg.tune.sampler == "grid":
         raise DistilError("tune.sampler grid: one objective only (use nsga2 or tpe for a Pareto front)")
+    if cfg.tune.preset == "auto" and names[1:] not in (["latency_ms.b1"], ["params"]):
+        raise DistilError(f"--preset auto: the second objective is latency_ms.b1 or params, got {names[1:]}")
     if not names[0].startswith("validation."):
         raise DistilError(f"tune.objectives: the first objective must be a validation metric, got '{names[0]}'")
     return names, directions
@@ -109,8 +121,10 @@ def task_lower(task) -> bool:
     return bool(getattr(task, "lower_is_better", False))
 
 
-def _sampler(cfg: RunConfig, params: list[Param]):
-    seed = cfg.seed
+def _sampler(cfg: RunConfig, params: list[Param], worker: int = 0):
+    """Optuna's sampler; each process of a study draws from its own seed (the first process: the run's seed), so
+    workers started together do not propose the same first points."""
+    seed = cfg.seed + 1000 * worker + (zlib.crc32(socket.gethostname().encode()) % 1000 if cfg.tune.storage else 0)
     if cfg.tune.sampler == "grid":
         return optuna.samplers.GridSampler(grid_of(params), seed=seed)
     if cfg.tune.sampler == "random":
@@ -118,7 +132,9 @@ def _sampler(cfg: RunConfig, params: list[Param]):
     if cfg.tune.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, (cfg.tune.trials or 20) // 4)))
     startup = max(2, min(10, (cfg.tune.trials or 20) // 3))  # a short study leaves TPE room to model
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
+    )
 
 
 def _pruner(cfg: RunConfig, objectives: list[str]):
@@ -158,6 +174,7 @@ class Study:
         self.objectives, self.directions = objective_names(cfg, self.task)
         self.metric = self.objectives[0].split(".", 1)[1]
         self.params: list[Param] = []
+        self.worker = 0  # this process's index among the study's processes
         self.auto: AutoSpace | None = None  # preset auto: shapes within the budget, recipe bases
         if cfg.tune.preset != "auto":
             if not cfg.tune.space:
@@ -178,8 +195,14 @@ class Study:
     def prepare(self) -> None:
         """Check the folder, read the data, train the teacher once and the untuned default once."""
         cfg, out = self.cfg, self.out
-        if cfg.overwrite and out.exists() and not cfg.tune.storage:
+        if cfg.overwrite and cfg.tune.storage:
+            raise DistilError(
+                "--overwrite with --storage: the study lives in that storage; delete it there (`optuna delete-study`) "
+                "or use another --study-name"
+            )
+        if cfg.overwrite and out.exists():
             shutil.rmtree(out)
+        cfg.overwrite = False  # the saved config continues the study; it never wipes it again
         saved = out / "config.yaml"
         if saved.is_file():  # the same study again continues it; another one in its folder is refused
             diffs = config_differences(load_config(str(saved)), cfg)
@@ -190,11 +213,28 @@ class Study:
                     f"output_dir '{out}' holds a study with other settings: {shown}; continue it with its own "
                     "config.yaml (`distil tune OUTPUT_DIR/config.yaml`), or use another --output_dir (or --overwrite)"
                 )
+        check_writable(cfg.cache_path, "cache_dir")
+        check_writable(out, "output_dir")
         self.ctx.load_data()
+        if not self.ctx.done("teacher"):
+            self.check_points()
+        auto_file = out / "tune" / "auto.json"  # the shapes every process of the study searches
+        if cfg.tune.preset == "auto":  # timed on the teacher's architecture before anything trains
+            teacher = pipeline.load_stage_model(self.ctx, "teacher") if self.ctx.done("teacher") else None
+            teacher = teacher if teacher is not None else pipeline._general_teacher(self.ctx)
+            self.auto = auto_space(self, teacher, read_json(auto_file) if auto_file.is_file() else None)
         with _study_lock(out):
-            if not self.ctx.done("teacher"):
-                pipeline.check_models(self.ctx)
+            if self.auto is not None:  # the first process's figures win (timing noise near the budget)
+                if auto_file.is_file():
+                    self.auto = auto_space(self, None, read_json(auto_file))
+                else:
+                    write_json(auto_file, self.auto.stored())
             pipeline.write_config(self.ctx)
+            workers = out / "tune" / "workers.txt"  # this process's index among the study's processes (its seed)
+            workers.parent.mkdir(parents=True, exist_ok=True)
+            self.worker = len(workers.read_text().splitlines()) if workers.is_file() else 0
+            with open(workers, "a", encoding="utf-8") as handle:
+                handle.write(f"{socket.gethostname()} {os.getpid()}\n")
             if not self.ctx.done("teacher"):
                 pipeline.run_teacher(self.ctx)
             else:
@@ -204,6 +244,21 @@ class Study:
                 default = self.trial_context(cfg, out / "default")
                 pipeline.run_student(default)
                 shutil.rmtree(out / "default" / "work", ignore_errors=True)
+
+    def check_points(self) -> None:
+        """The base config, then each choice and both ends of each range of a student, loss or stage key, against
+        the teacher (layer lists against its depth, loss terms against the pair): a bad point costs one line
+        before the teacher trains, not a failed trial later."""
+        pipeline.check_models(self.ctx)
+        for param in self.params:
+            if not param.key.startswith(("student.", "loss.", "stages.")):
+                continue
+            for value in param.choices if param.kind == "choice" else [param.low, param.high]:
+                value = int(value) if param.kind == "int" else value
+                try:
+                    pipeline.check_models(self.context(config_of(self.base, {param.key: value})))
+                except DistilError as e:
+                    raise DistilError(f"tune.space.{param.key}: {_short(value)}: {e}") from None
 
     def trial_context(self, cfg: RunConfig, folder: Path, callbacks: list | None = None) -> pipeline.Context:
         """A run context in ``folder`` (its config.yaml written) that trains one student from the study's teacher."""
@@ -234,17 +289,20 @@ class Study:
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         try:
-            storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+            storage = optuna.storages.RDBStorage(
+                url, heartbeat_interval=30, grace_period=120, failed_trial_callback=RETRY
+            )
         except Exception as e:  # a bad URL or an unreachable database
             raise DistilError(
                 f"--storage '{url}': cannot open it ({type(e).__name__}: {str(e).splitlines()[0]})"
             ) from None
-        name = self.cfg.tune.study_name or f"distil-{self.out.resolve().name}"
+        folder = str(self.out.resolve())  # the default name: the folder's, made unique by its full path
+        name = self.cfg.tune.study_name or f"distil-{self.out.resolve().name}-{zlib.crc32(folder.encode()):08x}"
         params = self.params if self.cfg.tune.preset != "auto" else []
         study = optuna.create_study(
             storage=storage,
             study_name=name,
-            sampler=_sampler(self.cfg, params),
+            sampler=_sampler(self.cfg, params, self.worker),
             pruner=_pruner(self.cfg, self.objectives),
             directions=self.directions,
             load_if_exists=True,
@@ -267,8 +325,14 @@ class Study:
             pid = trial.user_attrs.get("pid")
             if trial.user_attrs.get("host") != host or pid is None or _alive(pid):
                 continue
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            print(f"trial {trial.number}: its process ({pid}) is gone; marked failed")
+            try:
+                study._storage.set_trial_user_attr(trial._trial_id, "error", f"its process ({pid}) died")
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another process of the study failed it first
+            shutil.rmtree(self.out / "trials" / f"{trial.number:04d}" / "work", ignore_errors=True)
+            print(f"trial {trial.number}: its process ({pid}) is gone; marked failed, its point queued again")
+            RETRY(study, study._storage.get_trial(trial._trial_id))  # the same parameters (a grid point) again
 
     def counts(self, study: optuna.Study, before: int | None = None) -> tuple[int, int]:
         """(finished, running) trials, those numbered below ``before`` when given."""
@@ -286,13 +350,24 @@ class Study:
         done, _ = self.counts(study)
         if done:
             print(f"study: {done} of {self.n_trials} trials already finished; continuing")
+        failures = 0
         while True:
+            optuna.storages.fail_stale_trials(study)  # another host's trial whose heartbeat stopped
+            self._fail_dead_trials(study)
             finished, running = self.counts(study)
             if finished + running >= self.n_trials:
                 break
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
                 break
-            study.optimize(self.objective, n_trials=1, catch=(_Surplus, DistilError), callbacks=[self._progress])
+            study.optimize(self.objective, n_trials=1, catch=(_Surplus, DistilError, RuntimeError),
+                           callbacks=[self._progress])  # fmt: skip
+            last = study.get_trials(deepcopy=False)[-1]
+            failures = failures + 1 if last.state == TrialState.FAIL and not last.user_attrs.get("surplus") else 0
+            if failures >= MAX_FAILURES:
+                raise DistilError(
+                    f"tune: {failures} trials in a row failed (last: {last.user_attrs.get('error', 'see above')}); "
+                    "fix the space or the config, then run the same command to continue the study"
+                )
 
     def objective(self, trial: optuna.Trial):
         trial.set_user_attr("host", socket.gethostname())
@@ -303,6 +378,7 @@ class Study:
             raise _Surplus("the study already has its trials")
         if self.auto is not None:
             recipe, values = self.auto.suggest(trial)
+            trial.set_user_attr("recipe", recipe)
             cfg = config_of(self.auto.bases[recipe], values, what="tune preset auto")
         else:
             values = {p.key: p.suggest(trial) for p in self.params}
@@ -317,8 +393,8 @@ class Study:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
             shutil.rmtree(folder / "work", ignore_errors=True)
             raise
-        except DistilError as e:
-            trial.set_user_attr("error", str(e))
+        except (DistilError, RuntimeError) as e:  # RuntimeError: out of memory, a shape the pair cannot train
+            trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             shutil.rmtree(folder / "work", ignore_errors=True)
             raise
         history = read_json(folder / "student" / "training_history.json")
@@ -378,11 +454,6 @@ class Study:
     def run(self) -> dict | None:
         self.prepare()
         study = self.open_study()
-        if self.cfg.tune.preset == "auto":
-            teacher = pipeline.load_stage_model(self.ctx, "teacher")
-            self.auto = auto_space(self, teacher, stored=study.user_attrs.get("auto"))
-            study.set_user_attr("auto", {"shapes": self.auto.shapes, "dropped": self.auto.dropped,
-                                         "teacher": self.auto.teacher})  # fmt: skip
         self.optimize(study)
         finished, running = self.counts(study)
         if running:
@@ -393,19 +464,10 @@ class Study:
         return finish_study(self, study)
 
 
-def best_trials(study: optuna.Study, keep: int) -> list:
-    """The best ``keep`` finished trials by the first objective, or the whole Pareto front with two objectives."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(study.directions) > 1:
-        return study.best_trials
-    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
-    return sorted(done, key=lambda t: (sign * t.value, t.number))[:keep]
-
-
 def _best_line(study: optuna.Study, objectives: list[str]) -> str:
     if len(objectives) > 1:
         return f"Pareto front: {len(study.best_trials)} trial(s)"
-    best = study.best_trial
+    best = best_trials(study, 1)[0]
     return f"best so far {best.value:.4g} (trial {best.number})"
 
 
@@ -428,5 +490,5 @@ def tune_main(cfg: RunConfig, resume: bool = False) -> dict | None:
     processes still run trials."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # distil prints one line per trial itself
         return Study(cfg, resume=resume).run()
