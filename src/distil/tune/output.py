@@ -37,7 +37,7 @@ def trial_rows(study, objectives: list[str]) -> list[dict]:
         row["seconds"] = t.user_attrs.get("seconds")
         row["steps"] = t.user_attrs.get("steps")
         row["max_steps"] = t.user_attrs.get("max_steps")
-        row["error"] = t.user_attrs.get("error", "")
+        row["error"] = t.user_attrs.get("error") or ""
         rows.append(row)
     return rows
 
@@ -245,11 +245,12 @@ def finish_study(study_obj, study) -> dict:
             "output_dir (a shared filesystem) as well as the storage"
         )
     report = _final_report(study_obj, pick, pick_dir, best)
-    report["baseline"] = (
-        "the configuration as written (config.yaml without the tuned values), distilled from the same teacher and "
-        "cached outputs, best checkpoint on validation"
-    )
-    report["verdicts"] = verdicts(report)
+    if "baseline" in report["models"]:
+        report["baseline"] = (
+            "the configuration as written (config.yaml without the tuned values), distilled from the same teacher "
+            "and cached outputs, best checkpoint on validation"
+        )
+        report["verdicts"] = verdicts(report)
     report["tune"] = summary
     write_text(out / "report.md", render_markdown(report) + "\n".join(tune_markdown(summary)) + "\n")
     write_json(out / "report.json", report)

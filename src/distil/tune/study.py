@@ -285,6 +285,10 @@ class Study:
     # -- the study ------------------------------------------------------------------------------------------
 
     def open_study(self) -> optuna.Study:
+        with _study_lock(self.out):  # workers creating one new SQLite storage together would collide
+            return self._open_study()
+
+    def _open_study(self) -> optuna.Study:
         url = storage_url(self.cfg)
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
@@ -370,6 +374,9 @@ class Study:
                 )
 
     def objective(self, trial: optuna.Trial):
+        for key in ("error", "steps", "max_steps", "seconds"):  # a re-queued point's copy of the dead trial's
+            if key in trial.user_attrs:
+                trial.set_user_attr(key, None)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         finished, running = self.counts(trial.study, before=trial.number)
