@@ -510,7 +510,7 @@ def load_yaml(name_or_path: str) -> dict:
     return data or {}
 
 
-def run_flag_specs() -> list[tuple[str, Any, str]]:
+def run_flag_specs() -> tuple[tuple[str, Any, str], ...]:
     """(dotted key, annotation, help) of every RunConfig leaf: the CLI's flags."""
     return flag_specs(RunConfig)
 

@@ -7,6 +7,7 @@ line naming the key, the value and what would be valid.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -165,7 +166,8 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def flag_specs(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
+@functools.cache  # reading the field docstrings parses each class's source: once per process
+def flag_specs(cls: type, prefix: str = "") -> tuple[tuple[str, Any, str], ...]:
     """(dotted key, annotation, help) for every leaf field: the CLI's flags are generated from these."""
     import ast
     import inspect
@@ -187,7 +189,7 @@ def flag_specs(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
             specs.extend(flag_specs(tp, key))
         else:
             specs.append((key, tp, docs.get(f.name, "")))
-    return specs
+    return tuple(specs)
 
 
 def parse_flag_value(key: str, raw: str, tp: Any) -> Any:

@@ -147,7 +147,12 @@ def tune_markdown(summary: dict) -> list[str]:
     md.append(
         f"Trial seconds: {s['seconds_by_state']}; pruning saved ~{s['pruning_saved_seconds_estimate']:.0f} s "
         f"(estimate: each pruned trial scaled to its full steps). Study wall time {summary['wall_seconds']:.0f} s "
-        f"vs {summary['trials']} x the mean finished trial = {summary['unpruned_estimate_seconds']:.0f} s."
+        f"vs {summary['trials']} x the mean finished trial = {summary['unpruned_estimate_seconds']:.0f} s"
+        + (
+            f"; one student run of the configuration as written: {summary['default_train_seconds']:.0f} s of training."
+            if summary.get("default_train_seconds")
+            else "."
+        )
     )
     if summary.get("default_validation") is not None:
         md.append(
@@ -206,10 +211,11 @@ def finish_study(study_obj, study) -> dict:
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
     default_history = out / "default" / "student" / "training_history.json"
-    default_validation = None
+    default_validation = default_seconds = None
     if default_history.is_file():
-        validation = read_json(default_history).get("best_validation") or {}
-        default_validation = validation.get(f"eval_{study_obj.metric}")
+        history = read_json(default_history)
+        default_validation = (history.get("best_validation") or {}).get(f"eval_{study_obj.metric}")
+        default_seconds = history.get("train_seconds")
     summary = {
         "sampler": cfg.tune.sampler if study_obj.auto is None else f"{cfg.tune.sampler} (preset auto)",
         "objectives": objectives,
@@ -221,6 +227,7 @@ def finish_study(study_obj, study) -> dict:
         "unpruned_estimate_seconds": round(mean * len([r for r in rows if r["state"] in ("complete", "pruned")]), 1),
         "pick": {"number": pick.number, "values": list(pick.values), "params": pick.params},
         "default_validation": default_validation,
+        "default_train_seconds": default_seconds,
         "best_yaml": str(tune_dir / "best.yaml"),
         "plots": plots,
         "table": sorted(rows, key=lambda r: r["number"]),

@@ -44,13 +44,21 @@ from distil.tune.output import best_trials, finish_study
 from distil.tune.space import Param, config_of, grid_of, parse_space
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-RETRY = optuna.storages.RetryFailedTrialCallback(max_retry=None)
-"""Re-queues a failed trial's parameters (a trial of a dead process, on this host or by Optuna's heartbeat)."""
+
+
 MAX_FAILURES = 5
 """Failed trials in a row after which a study stops (a space whose points cannot train)."""
 LOWER_IS_BETTER = {"perplexity", "nll", "loss"}
 CONTINUE_SAFE = ("tune.trials", "tune.storage", "tune.keep_best", "overwrite", "cache_dir")
 """What may change when a study is continued: how many trials, where it is stored, what is kept."""
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a failed trial's parameters again (a trial of a dead process: on this host, or by Optuna's heartbeat);
+    a grid point keeps its grid id; the dead trial's user attributes (error, pid, steps) stay with it."""
+    system = {**trial.system_attrs, "failed_trial": trial.number}
+    study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=trial.params,
+                                        distributions=trial.distributions, system_attrs=system))  # fmt: skip
 
 
 class _Surplus(Exception):
@@ -294,7 +302,7 @@ class Study:
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         try:
             storage = optuna.storages.RDBStorage(
-                url, heartbeat_interval=30, grace_period=120, failed_trial_callback=RETRY
+                url, heartbeat_interval=30, grace_period=120, heartbeat_stale_trial_callback=requeue
             )
         except Exception as e:  # a bad URL or an unreachable database
             raise DistilError(
@@ -336,7 +344,7 @@ class Study:
                 continue  # another process of the study failed it first
             shutil.rmtree(self.out / "trials" / f"{trial.number:04d}" / "work", ignore_errors=True)
             print(f"trial {trial.number}: its process ({pid}) is gone; marked failed, its point queued again")
-            RETRY(study, study._storage.get_trial(trial._trial_id))  # the same parameters (a grid point) again
+            requeue(study, study._storage.get_trial(trial._trial_id))  # the same parameters (a grid point) again
 
     def counts(self, study: optuna.Study, before: int | None = None) -> tuple[int, int]:
         """(finished, running) trials, those numbered below ``before`` when given."""
