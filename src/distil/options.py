@@ -129,7 +129,7 @@ class TuneConfig:
     """Optuna storage URL shared by workers (e.g. postgresql://..., sqlite:////shared/study.db); null: a SQLite
     file in output_dir/tune/."""
     study_name: str | None = None
-    """The study's name in the storage; null: distil-<output_dir's folder name>."""
+    """The study's name in the storage; null: distil-<output_dir's folder name>-<crc32 of its full path>."""
     compare_default: bool = True
     """Also train the configuration as written (no tuned values) once, and compare the pick with it on test."""
     preset: str | None = None

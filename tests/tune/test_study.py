@@ -377,6 +377,21 @@ def test_a_killed_grid_point_is_run_again(tmp_path, teacher_dir, stand_in_traine
     assert _points(finished) == [(0.0, 1.0), (0.0, 4.0), (1.0, 1.0), (1.0, 4.0)]
 
 
+def test_the_last_grid_point_killed_is_run_again(tmp_path, teacher_dir, stand_in_trainer):
+    """The grid counts a failed point as visited: the queued copy of the last point must still run."""
+    cfg = load_config(str(_config(tmp_path, teacher_dir, {"sampler": "grid", "trials": None, "space": GRID})))
+    first = Study(cfg)
+    study = first.open_study()
+    study.optimize(first.objective, n_trials=3)
+    _left_running(first, study, _dead_pid())
+    again = Study(cfg)
+    study = again.open_study()
+    again.optimize(study)
+    finished = [t for t in study.get_trials() if t.state in FINISHED]
+    assert _points(finished) == [(0.0, 1.0), (0.0, 4.0), (1.0, 1.0), (1.0, 4.0)]
+    assert not study.get_trials(states=(TrialState.WAITING,))
+
+
 def test_a_requeued_point_that_finishes_reports_no_error(tmp_path, teacher_dir, stand_in_trainer):
     cfg = load_config(str(_config(tmp_path, teacher_dir, {"trials": 1, "space": RANGES})))
     first = Study(cfg)

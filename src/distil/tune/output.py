@@ -25,13 +25,14 @@ def trial_rows(study, objectives: list[str]) -> list[dict]:
     validation metrics, seconds, steps."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("surplus"):
+        if t.user_attrs.get("surplus") or t.state == TrialState.WAITING:  # a slot of racing workers; a queued point
             continue
         row = {"number": t.number, "state": t.state.name.lower()}
         values = t.values if t.state == TrialState.COMPLETE else [None] * len(objectives)  # a pruned trial's value
         row.update({name: value for name, value in zip(objectives, values)})  # is only its last report
         if t.state == TrialState.PRUNED and t.intermediate_values:
             row["pruned_at_value"] = t.intermediate_values[t.last_step]
+            row["pruned_at_step"] = t.last_step
         row.update({f"param:{k}": v for k, v in t.params.items()})
         row.update({f"validation:{k}": v for k, v in t.user_attrs.get("validation", {}).items()})
         row["seconds"] = t.user_attrs.get("seconds")
@@ -141,12 +142,13 @@ def tune_markdown(summary: dict) -> list[str]:
     md = ["", "## Tuning", ""]
     md.append(
         f"Optuna {summary['sampler']} over {summary['space']}; {summary['trials']} trials "
-        f"({summary['states']}); selection on validation only, the pick tested once."
+        f"finished ({summary['states']}); selection on validation only, the pick tested once."
     )
     s = summary["savings"]
     md.append(
         f"Trial seconds: {s['seconds_by_state']}; pruning saved ~{s['pruning_saved_seconds_estimate']:.0f} s "
-        f"(estimate: each pruned trial scaled to its full steps). Study wall time {summary['wall_seconds']:.0f} s "
+        "(estimate: each pruned trial scaled to its full steps). Study elapsed time (first trial start to last "
+        f"end, pauses included) {summary['wall_seconds']:.0f} s "
         f"vs {summary['trials']} x the mean finished trial = {summary['unpruned_estimate_seconds']:.0f} s"
         + (
             f"; one student run of the configuration as written: {summary['default_train_seconds']:.0f} s of training."
@@ -181,6 +183,8 @@ def tune_markdown(summary: dict) -> list[str]:
     md.append("|---" * (len(objectives) + 4) + "|")
     for r in summary["table"]:
         values = " | ".join("" if r.get(o) is None else f"{r[o]:.4g}" for o in objectives)
+        if r["state"] == "pruned" and r.get("pruned_at_value") is not None:  # where the pruner stopped it
+            values = f"({r['pruned_at_value']:.4g} at step {r['pruned_at_step']})" + " |" * (len(objectives) - 1)
         params = ", ".join(f"{k[6:]}={_fmt(v)}" for k, v in r.items() if k.startswith("param:"))
         md.append(f"| {r['number']} | {r['state']} | {values} | {r['seconds'] or 0:.0f} | {params} |")
     if summary.get("plots"):
@@ -196,9 +200,17 @@ def finish_study(study_obj, study) -> dict:
     """Write trials.csv, best.yaml and the plots; test the pick (and each Pareto point) once; write the report."""
     out, cfg, objectives = study_obj.out, study_obj.cfg, study_obj.objectives
     tune_dir = out / "tune"
+    pick = pick_trial(study, objectives)
+    tested = [pick] + (list(study.best_trials) if len(objectives) > 1 else [])
+    for trial in tested:  # every student this report tests must be here before anything is written
+        folder = out / "trials" / f"{trial.number:04d}" / "student"
+        if not (folder / "config.json").is_file():
+            raise DistilError(
+                f"tune: trial {trial.number}'s student ({folder}) is not here; workers on several machines must "
+                "share output_dir (a shared filesystem) as well as the storage"
+            )
     rows = trial_rows(study, objectives)
     write_csv(tune_dir / "trials.csv", rows)
-    pick = pick_trial(study, objectives)
     pick_dir = out / "trials" / f"{pick.number:04d}"
     best = best_config(pick_dir, cfg.output_path)
     write_text(tune_dir / "best.yaml", dump_yaml(best))
@@ -220,7 +232,7 @@ def finish_study(study_obj, study) -> dict:
         "sampler": cfg.tune.sampler if study_obj.auto is None else f"{cfg.tune.sampler} (preset auto)",
         "objectives": objectives,
         "space": [p.describe() for p in study_obj.params] or ["recipe", "student shape", "T", "alpha", "lr"],
-        "trials": len(rows),
+        "trials": len([r for r in rows if r["state"] in ("complete", "pruned")]),
         "states": states,
         "savings": savings(rows),
         "wall_seconds": (max(ends) - min(starts)).total_seconds() if starts else 0.0,
@@ -239,6 +251,8 @@ def finish_study(study_obj, study) -> dict:
             "shapes": {k: {x: v[x] for x in ("latency_ms", "params")} for k, v in auto.shapes.items()},
             "over_budget": {k: {x: v[x] for x in ("latency_ms", "params")} for k, v in auto.dropped.items()},
             "teacher": auto.teacher,
+            "candidates": auto.candidates,
+            "refused": auto.refused,
         }
     if len(objectives) > 1:
         summary["front"] = [
@@ -246,11 +260,6 @@ def finish_study(study_obj, study) -> dict:
              "test": test_scores(study_obj, out / "trials" / f"{t.number:04d}")[study_obj.task.best_metric]}
             for t in sorted(study.best_trials, key=lambda t: t.number)
         ]  # fmt: skip
-    if not (pick_dir / "student" / "config.json").is_file():
-        raise DistilError(
-            f"tune: the pick's student ({pick_dir / 'student'}) is not here; workers on several machines must share "
-            "output_dir (a shared filesystem) as well as the storage"
-        )
     report = _final_report(study_obj, pick, pick_dir, best)
     if "baseline" in report["models"]:
         report["baseline"] = (

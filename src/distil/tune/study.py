@@ -228,9 +228,13 @@ class Study:
             self.check_points()
         auto_file = out / "tune" / "auto.json"  # the shapes every process of the study searches
         if cfg.tune.preset == "auto":  # timed on the teacher's architecture before anything trains
-            teacher = pipeline.load_stage_model(self.ctx, "teacher") if self.ctx.done("teacher") else None
-            teacher = teacher if teacher is not None else pipeline._general_teacher(self.ctx)
-            self.auto = auto_space(self, teacher, read_json(auto_file) if auto_file.is_file() else None)
+            if auto_file.is_file():
+                self.auto = auto_space(self, None, read_json(auto_file))
+            else:
+                done = self.ctx.done("teacher")
+                teacher = pipeline.load_stage_model(self.ctx, "teacher") if done else None
+                teacher = teacher if teacher is not None else pipeline._general_teacher(self.ctx)
+                self.auto = auto_space(self, teacher)
         with _study_lock(out):
             if self.auto is not None:  # the first process's figures win (timing noise near the budget)
                 if auto_file.is_file():
@@ -346,11 +350,13 @@ class Study:
             print(f"trial {trial.number}: its process ({pid}) is gone; marked failed, its point queued again")
             requeue(study, study._storage.get_trial(trial._trial_id))  # the same parameters (a grid point) again
 
-    def counts(self, study: optuna.Study, before: int | None = None) -> tuple[int, int]:
-        """(finished, running) trials, those numbered below ``before`` when given."""
+    def counts(self, study: optuna.Study, before=None) -> tuple[int, int]:
+        """(finished, running) trials; with ``before`` (a trial), those that started before it (a re-queued point
+        keeps its older number but starts when it is taken)."""
         finished = running = 0
+        mine = (before.datetime_start, before.number) if before is not None else None
         for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)):
-            if before is not None and t.number >= before:
+            if mine is not None and (t.number == mine[1] or (t.datetime_start, t.number) >= mine):
                 continue
             if t.state == TrialState.RUNNING:
                 running += 1
@@ -369,11 +375,16 @@ class Study:
             finished, running = self.counts(study)
             if finished + running >= self.n_trials:
                 break
-            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # a dead trial's point
+            grid = isinstance(study.sampler, optuna.samplers.GridSampler)
+            if grid and not waiting and study.sampler.is_exhausted(study):  # (the grid counts it as visited)
                 break
+            self._last = None
             study.optimize(self.objective, n_trials=1, catch=(_Surplus, DistilError, RuntimeError),
                            callbacks=[self._progress])  # fmt: skip
-            last = study.get_trials(deepcopy=False)[-1]
+            last = self._last  # this process's trial (the study's newest may be another worker's)
+            if last is None:
+                continue
             failures = failures + 1 if last.state == TrialState.FAIL and not last.user_attrs.get("surplus") else 0
             if failures >= MAX_FAILURES:
                 raise DistilError(
@@ -387,7 +398,7 @@ class Study:
                 trial.set_user_attr(key, None)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
-        finished, running = self.counts(trial.study, before=trial.number)
+        finished, running = self.counts(trial.study, before=trial.study._storage.get_trial(trial._trial_id))
         if finished + running >= self.n_trials:
             trial.set_user_attr("surplus", True)
             raise _Surplus("the study already has its trials")
@@ -441,6 +452,7 @@ class Study:
         return float(latency_table({"s": model}, [batch], e.latency_seq_length, e.latency_repeats)["s"][batch])
 
     def _progress(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._last = trial
         if trial.user_attrs.get("surplus"):
             return
         finished, _ = self.counts(study)
@@ -472,7 +484,10 @@ class Study:
         self.optimize(study)
         finished, running = self.counts(study)
         if running:
-            print(f"study: {running} trial(s) still running in other processes; the last one writes the report")
+            print(
+                f"study: {running} trial(s) still running in other processes; the last one writes the report (a "
+                "process that died on another machine is noticed ~2 min later: then run the same command again)"
+            )
             return None
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             raise DistilError("tune: no trial finished (every one failed or was pruned); see the lines above")
