@@ -224,6 +224,11 @@ def test_reporter_prunes_only_after_the_first_quarter():
     with pytest.raises(optuna.TrialPruned, match="accuracy 0.6000 at step 2"):
         _evaluate(reporter, state, 2, 0.6)
     assert trial.reports == [(0.4, 1), (0.6, 2)] and trial.asked == 1 and trial.user_attrs["steps"] == 2
+    last = _FakeTrial(prune=True)  # the stage's last step: reported, never judged (the training is paid for)
+    reporter = _Reporter(last, "accuracy", prune=True)
+    reporter.on_train_begin(None, state, None)
+    _evaluate(reporter, state, 8, 0.3)
+    assert last.reports == [(0.3, 8)] and last.asked == 0
 
 
 def test_reporter_reports_each_evaluation_once_across_stages():
@@ -240,7 +245,7 @@ def test_reporter_reports_each_evaluation_once_across_stages():
     _evaluate(reporter, second, 3, 0.7)
     _evaluate(reporter, second, 3, 0.7)
     reporter.on_evaluate(None, second, None, metrics={"eval_loss": 1.0})  # no accuracy: nothing reported
-    assert trial.reports == [(0.5, 2), (0.5, 4), (0.7, 7)] and trial.asked == 3
+    assert trial.reports == [(0.5, 2), (0.5, 4), (0.7, 7)] and trial.asked == 2  # step 4 ends its stage: not judged
     assert trial.user_attrs["steps"] == 7
     silent = _FakeTrial(prune=True)  # prune=False (two objectives): steps kept, nothing reported or judged
     quiet = _Reporter(silent, "accuracy", prune=False)

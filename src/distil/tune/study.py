@@ -86,8 +86,10 @@ class _Reporter(TrainerCallback):
         if not self.prune:
             return
         self.trial.report(float(value), step)
-        # a stage is not judged in its first quarter: a low learning rate starts slow
-        if state.global_step >= 0.25 * self.stage_steps and self.trial.should_prune():
+        # a stage is not judged in its first quarter (a low learning rate starts slow), nor at its last step (the
+        # training is paid for: stopping then saves nothing)
+        judged = 0.25 * self.stage_steps <= state.global_step < self.stage_steps
+        if judged and self.trial.should_prune():
             raise optuna.TrialPruned(f"validation {self.metric} {value:.4f} at step {step}")
 
     def on_train_end(self, args, state, control, **kwargs):
