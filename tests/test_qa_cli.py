@@ -1,6 +1,6 @@
 """Question answering end to end through the real CLI on a few hundred real SQuAD questions and a tiny teacher:
-teacher -> per-window start/end soft labels -> student + baseline -> EM/F1 report in and out of domain; then
-predict and export."""
+teacher -> per-window start/end soft labels -> student + baseline -> EM/F1 report on SQuAD dev and on an extra test
+file; then predict and export."""
 
 from __future__ import annotations
 
@@ -25,6 +25,37 @@ QA_FLAGS = [
 ]  # fmt: skip
 
 
+EXTRA_ARTICLES = {
+    "Tin": (
+        "Tin is a chemical element with the symbol Sn and atomic number 50. It is a silvery metal.",
+        [
+            ("What is the symbol of tin?", "Sn"),
+            ("What is the atomic number of tin?", "50"),
+            ("Which colour?", "silvery"),
+        ],
+    ),
+    "Paris": (
+        "Paris is the capital of France. The Eiffel Tower was completed in 1889.",
+        [("What is the capital of France?", "Paris"), ("When was the Eiffel Tower completed?", "1889")],
+    ),
+}
+
+
+def _extra_test_file(path) -> str:
+    """A SQuAD JSON file of 5 questions with right offsets and one whose answer misses its offset."""
+    data = []
+    for title, (context, pairs) in EXTRA_ARTICLES.items():
+        qas = [
+            {"id": f"{title}-{i}", "question": q, "answers": [{"text": a, "answer_start": context.index(a)}]}
+            for i, (q, a) in enumerate(pairs)
+        ]
+        data.append({"title": title, "paragraphs": [{"context": context, "qas": qas}]})
+    off = {"id": "off", "question": "Tin?", "answers": [{"text": "Sn", "answer_start": 0}]}  # "Ti" at offset 0
+    data[0]["paragraphs"][0]["qas"].append(off)
+    path.write_text(json.dumps({"version": "1.1", "data": data}))
+    return str(path)
+
+
 def _flags(out, cache) -> list[str]:
     flags = small_run_flags(out, cache)
     for key in ("--data.max_train_samples", "--data.max_eval_samples", "--data.max_length"):
@@ -40,18 +71,20 @@ def qa_run(tmp_path_factory, _tiny_bert_session, tokenizer):
     _tiny_bert_session.save_pretrained(teacher)  # a sequence classifier: the run puts a span head on it
     tokenizer.save_pretrained(teacher)
     out = root / "run"
-    assert main(["run", "qa", "--teacher.model", str(teacher), *_flags(out, root / "cache")]) == 0
+    extra = ["--data.extra_test_sets", f"[{_extra_test_file(root / 'extra.json')}]"]
+    assert main(["run", "qa", "--teacher.model", str(teacher), *_flags(out, root / "cache"), *extra]) == 0
     return out
 
 
-def test_the_report_holds_squad_em_and_f1_in_and_out_of_domain(qa_run):
+def test_the_report_holds_squad_em_and_f1_on_dev_and_an_extra_test_file(qa_run):
     report = json.loads((qa_run / "report.json").read_text())
     assert report["task"]["name"] == "question-answering" and report["task"]["metric"] == "f1"
     assert report["data"]["splits"] == {"train": 200, "validation": 40, "test": 40}
-    assert report["data"]["extra_test_sets"] == {"nyt": 30, "reddit": 30, "amazon": 30}
-    assert report["data"]["dropped"]["amazon"]["answers_offset_mismatch"] == 947  # counted on the whole set
+    extra = str(qa_run.parent / "extra.json")
+    assert report["data"]["extra_test_sets"] == {extra: 5}
+    assert report["data"]["dropped"] == {extra: {"answers_offset_mismatch": 1, "questions_without_answer": 1}}
     for role in ("teacher", "student", "baseline"):
-        for split in ("test", "nyt", "reddit", "amazon"):
+        for split in ("test", extra):
             scores = report["models"][role][split]
             assert set(scores) == {"f1", "exact_match"} and 0.0 <= scores["exact_match"] <= scores["f1"] <= 1.0
     paired = report["paired"]["test"]

@@ -16,6 +16,7 @@ from distil.config import LossConfig, RunConfig, flag_specs, load_config, parse_
 from distil.deploy.export_cli import add_export_parser, run_export_args
 from distil.deploy.search import build_index, search
 from distil.deploy.serving import load_student
+from distil.engine import processes
 from distil.engine import stages as pipeline
 from distil.engine.inspect import inspect_main
 from distil.errors import DistilError
@@ -33,6 +34,10 @@ CONFIG_COMMANDS = {
     "student": "build the student, distil it from the cached soft labels; train the baseline too",
     "eval": "evaluate the saved models and write report.json, report.md and plots",
 }
+
+
+SEVERAL_PROCESSES = ("run", "teacher", "soft-labels", "student")
+"""The commands a launcher (torchrun, accelerate launch) may start on several processes."""
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -158,19 +163,27 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(ctx: pipeline.Context, stage: str | None = None) -> None:
+    """The checks and the data before a stage; under several processes the main process checks and writes the run
+    folder, the others wait, and the data's caches are filled by the main process first."""
+    processes.main_only(pipeline.open_run_dir, ctx, stage=stage)
+    with processes.main_first():
+        ctx.load_data()
+    if stage in (None, "teacher") and not ctx.done("student"):
+        pipeline.check_models(ctx)
+    processes.main_only(pipeline.write_config, ctx)
+
+
 def run_all(ctx: pipeline.Context) -> dict:
     """`distil run`: every stage in order, skipping those already finished when resuming."""
-    pipeline.open_run_dir(ctx)
-    ctx.load_data()
-    if not ctx.done("student"):
-        pipeline.check_models(ctx)
-    pipeline.write_config(ctx)
+    _prepare(ctx)
     start = time.perf_counter()
     if not ctx.done("teacher"):
         pipeline.run_teacher(ctx)
     else:
         print(f"teacher: done ({ctx.stage_dir('teacher')})")
     pipeline.run_student(ctx)
+    processes.finish()  # several processes: the others end here; evaluation and latency are measured once
     report = run_eval(ctx)
     report["timings"]["total_seconds"] = round(time.perf_counter() - start, 1)
     write_json(ctx.out / "report.json", report)
@@ -185,11 +198,7 @@ def _run_config_command(args: argparse.Namespace) -> int:
         run_all(ctx)
         print(f"\nreport: {cfg.output_path / 'report.md'}")
         return 0
-    pipeline.open_run_dir(ctx, stage=args.command)
-    ctx.load_data()
-    if args.command == "teacher" and not ctx.done("student"):
-        pipeline.check_models(ctx)
-    pipeline.write_config(ctx)
+    _prepare(ctx, stage=args.command)
     if args.command == "teacher":
         print(f"teacher saved to {pipeline.run_teacher(ctx)}")
     elif args.command == "soft-labels":
@@ -199,6 +208,7 @@ def _run_config_command(args: argparse.Namespace) -> int:
             print(f"{name} saved to {path}")
     elif args.command == "eval":
         run_eval(ctx)
+    processes.finish()
     return 0
 
 
@@ -335,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if processes.launched():
+            if args.command not in SEVERAL_PROCESSES:
+                raise DistilError(
+                    f"distil {args.command} runs in one process; launch it without torchrun or accelerate (under a "
+                    f"launcher: {', '.join(SEVERAL_PROCESSES)})"
+                )
+            processes.start()
         if args.command == "predict":
             return _predict(args)
         if args.command == "index":

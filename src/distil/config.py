@@ -1,18 +1,17 @@
-"""Typed configuration: one dataclass per concern, YAML keys and CLI flags map one to one onto fields.
-
-A run is a `RunConfig`; YAML nests the same way (`teacher: {train: {epochs: 2}}`) and CLI flags use the
-dotted path (`--teacher.train.epochs 2`). Unknown keys, wrong types and out-of-range values are refused
-with one line naming the key, the value and what would be valid.
-"""
+"""Typed configuration: one dataclass per concern; YAML keys and CLI flags map one to one onto fields (YAML
+`teacher: {train: {epochs: 2}}` is the flag `--teacher.train.epochs 2`). Unknown keys, wrong types and out-of-range
+values are refused with one line naming the key, the value and what would be valid."""
 
 from __future__ import annotations
 
 import codecs
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from transformers import TrainingArguments
 
 from distil.dataclass_io import ConfigError, flag_specs, from_dict, merge, parse_flag_value, set_dotted, to_dict
 from distil.errors import DistilError
@@ -136,8 +135,12 @@ class TrainConfig:
     """Checkpoint every N optimiser steps for --resume (0: at the end of each epoch)."""
     logging_steps: int = 20
     """Log losses every N steps (TensorBoard and the training curves)."""
+    trainer_args: dict = field(default_factory=dict)
+    """More `transformers.TrainingArguments`, applied last as they are (fsdp, fsdp_config, deepspeed, ddp_*...)."""
 
     def __post_init__(self):
+        unknown = sorted(set(self.trainer_args) - {f.name for f in dataclasses.fields(TrainingArguments)})
+        _check(not unknown, "trainer_args", unknown, "names of transformers.TrainingArguments fields")
         _check(0 < self.epochs <= 1000, "epochs", self.epochs, "a number in (0, 1000]")
         _check(0 < self.learning_rate < 1, "learning_rate", self.learning_rate, "a number in (0, 1)")
         for key in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps"):

@@ -14,8 +14,10 @@ from distil.data.embedding_sets import (
     gensim_test_data,
     lee_sts,
     prepare_embedding_data,
+    squad_retrieval,
 )
 from distil.data.held_out import normalise
+from distil.data.squad import SQUAD_FILES, TEST_SET, TRAIN_SET, read_squad_json, squad_dir
 from distil.errors import DistilError
 from distil.options import EmbeddingConfig
 
@@ -61,6 +63,24 @@ def test_bbc_retrieval_pairs_each_title_with_its_own_body():
     assert len(whole) == 400
     assert not frame.equals(bbc_retrieval(20, None, seed=1)[0])
     assert len(bbc_retrieval(20, 5, seed=0)[0].query("role == 'query'")) == 5
+
+
+@pytest.mark.skipif(
+    not all((squad_dir() / f).is_file() for f in SQUAD_FILES.values()),
+    reason="built-in SQuAD files missing (scripts/setup.sh extracts them)",
+)
+def test_squad_retrieval_is_over_the_qa_test_articles_only():
+    frame = squad_retrieval(None, seed=0)
+    docs, queries = frame[frame.role == "doc"], frame[frame.role == "query"]
+    assert len(docs) == 2_067 and len(queries) == 10_570  # every paragraph and question of SQuAD v1.1 dev
+    dev = read_squad_json(squad_dir() / SQUAD_FILES[TEST_SET])
+    train = read_squad_json(squad_dir() / SQUAD_FILES[TRAIN_SET])
+    assert set(docs["text"]) == set(dev["context"]) and not set(docs["text"]) & set(train["context"])
+    asked_on = set(zip(dev["question"], dev["context"]))
+    paragraph = dict(zip(docs["key"], docs["text"]))
+    assert all((q, paragraph[k]) in asked_on for q, k in zip(queries["text"], queries["key"]))
+    sampled = squad_retrieval(20, seed=0)
+    assert len(sampled.query("role == 'query'")) == 20 and sampled.equals(squad_retrieval(20, seed=0))
 
 
 def test_an_unknown_evaluation_set_is_refused():

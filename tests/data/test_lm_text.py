@@ -21,6 +21,7 @@ from distil.data.lm_text import (
     split_documents,
     tokenize_lm,
 )
+from distil.data.squad import SQUAD_FILES, squad_dir
 from distil.errors import DistilError
 
 WORDS = [f"w{i}" for i in range(200)]
@@ -223,6 +224,25 @@ def test_builtin_convention_speeches():
     assert len(frame) > 10 and frame["doc"].is_unique
     assert frame["doc"].str.startswith(("democrat:", "republican:")).all()
     assert frame["text"].str.contains("BARACK OBAMA:").any()
+
+
+@pytest.mark.skipif(
+    not all((squad_dir() / f).is_file() for f in SQUAD_FILES.values()),
+    reason="built-in SQuAD files missing (scripts/setup.sh extracts them)",
+)
+def test_builtin_squad_text_is_one_document_per_article_and_no_paragraph_crosses_splits():
+    frame = read_documents("squad-text")
+    assert frame["doc"].is_unique and frame["doc"].str.split(":").str[0].value_counts().to_dict() == {
+        "squad-train": 442,
+        "squad-dev": 48,
+    }
+    data = prepare_lm_data(DataConfig(source="squad-text"))
+    assert [len(data.splits[s]) for s in ("train", "validation", "test")] == [392, 49, 49] and data.dropped == {}
+
+    def paragraphs(split):
+        return {p for text in data.splits[split]["text"] for p in text.split("\n\n")}
+
+    assert not paragraphs("train") & (paragraphs("validation") | paragraphs("test"))
 
 
 @pytest.fixture(scope="module")

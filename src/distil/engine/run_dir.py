@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distil.config import RunConfig, dump_yaml, load_config
+from distil.engine import processes
 from distil.engine.preflight import check_same_run, check_writable
 from distil.errors import DistilError
 from distil.io import atomic_dir, read_json, write_json, write_text
@@ -77,10 +78,12 @@ def save_stage_model(ctx: Context, stage: str, model, history: dict) -> Path:
     settings = getattr(ctx.task, "model_settings", None)  # what serving must repeat (QA's windows)
     if settings is not None and hasattr(model, "config"):
         model.config.update(settings())
-    with atomic_dir(ctx.stage_dir(stage), overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        ctx.tokenizer_of(stage).save_pretrained(tmp)  # every saved model (the LSTM too) carries the tokenizer it reads
-        write_json(tmp / "training_history.json", history)
+    if processes.is_main():  # under several processes the others wait, then read it
+        with atomic_dir(ctx.stage_dir(stage), overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+            ctx.tokenizer_of(stage).save_pretrained(tmp)  # every saved model (the LSTM too) carries its tokenizer
+            write_json(tmp / "training_history.json", history)
+    processes.barrier()
     return ctx.stage_dir(stage)
 
 
@@ -95,3 +98,30 @@ def load_stage_model(ctx: Context, stage: str):
 def previous_history(ctx: Context, stage: str) -> dict:
     path = ctx.stage_dir(stage) / "training_history.json"
     return read_json(path) if path.is_file() else {}
+
+
+def last_checkpoint(work: Path, needs: list[str]) -> str | None:
+    """The newest Trainer checkpoint of ``work`` that was written whole: its trainer state (saved last), every
+    process's random state and ``needs``; a checkpoint cut short by a kill is passed over. Several processes must
+    resume as many as wrote it (their random states and data shards depend on it)."""
+    launch = work / "launch.json"
+    if launch.is_file() and read_json(launch)["processes"] != processes.world():
+        raise DistilError(
+            f"--resume: {work} was trained by {read_json(launch)['processes']} processes, this launch has "
+            f"{processes.world()}; launch with that many (torchrun --nproc_per_node N) or start over with --overwrite"
+        )
+    rng = [f"rng_state_{r}.pth" for r in range(processes.world())] if processes.world() > 1 else []
+    found = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if work.exists() else []
+    whole = [p for p in found if all((p / f).is_file() for f in ["trainer_state.json", *rng, *needs])]
+    return str(whole[-1]) if whole else None
+
+
+def open_work_dir(work: Path, resume: bool, needs: list[str]) -> str | None:
+    """A stage's Trainer folder: emptied unless resuming, with launch.json (how many processes write its
+    checkpoints); returns the checkpoint to resume from (`last_checkpoint`, the main process's pick) or None."""
+    if not resume and work.exists() and processes.is_main():
+        shutil.rmtree(work)
+    if processes.is_main() and not (work / "launch.json").is_file():
+        write_json(work / "launch.json", {"processes": processes.world()})
+    processes.barrier()
+    return processes.broadcast(last_checkpoint(work, needs) if resume else None)

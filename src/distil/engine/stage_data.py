@@ -15,6 +15,7 @@ from distil.config import StageConfig
 from distil.data.augment import cached_augment
 from distil.data.corpus import read_corpus, tokenize_unlabelled
 from distil.data.held_out import is_held_out
+from distil.engine import processes
 from distil.engine.teacher_cache import hash_model
 from distil.errors import DistilError
 from distil.models.loading import load_pretrained
@@ -60,19 +61,20 @@ def augmented_frame(ctx: Context, teacher):
     leaked = np.asarray(is_held_out(source["text"], ctx.held_out()), dtype=bool)
     unaugmented = source[leaked]
     source = source[~leaked].reset_index(drop=True)
-    embeddings = teacher.get_input_embeddings().weight.detach()
+    embeddings = teacher.get_input_embeddings().weight.detach().cpu()
     mlm = load_mlm(a.mlm_model) if a.method == "mlm" else None
     model_hash = hashlib.sha256(embeddings.float().numpy().tobytes()).hexdigest() if mlm is None else hash_model(mlm)
     start = time.perf_counter()
-    out = cached_augment(
-        source,
-        ctx.tokenizer,
-        dataclasses.replace(a, seed=ctx.cfg.seed if a.seed is None else a.seed),
-        ctx.cfg.cache_path,
-        model_hash,
-        mlm_model=mlm,
-        embedding_matrix=embeddings,
-    )
+    with processes.main_first():  # several processes: the main one builds the cache entry, the others read it
+        out = cached_augment(
+            source,
+            ctx.tokenizer,
+            dataclasses.replace(a, seed=ctx.cfg.seed if a.seed is None else a.seed),
+            ctx.cfg.cache_path,
+            model_hash,
+            mlm_model=mlm,
+            embedding_matrix=embeddings,
+        )
     info = out.attrs.get("augment_cache", {})
     variant_leaks = np.asarray(is_held_out(out["text"], ctx.held_out()), dtype=bool)
     out = pd.concat([out[~variant_leaks], unaugmented], ignore_index=True)

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +14,21 @@ from transformers import set_seed
 from distil.config import RunConfig, StageConfig, to_dict
 from distil.data import PadCollator, TaskData, add_teacher_tokens
 from distil.data.held_out import held_out_texts
-from distil.engine.distiller import DistillerCheckpointCallback, load_distiller_state, make_distiller
+from distil.engine import processes
+from distil.engine.distiller import (
+    DISTILLER_STATE_FILE,
+    DistillerCheckpointCallback,
+    DistillerSyncCallback,
+    load_distiller_state,
+    make_distiller,
+)
 from distil.engine.preflight import check_model_pair
 from distil.engine.run_dir import (  # noqa: F401  (the run-folder API, re-exported for the stage functions' users)
     MODEL_STAGES,
     check_output_dir,
     load_stage_model,
     open_run_dir,
+    open_work_dir,
     previous_history,
     run_started,
     save_stage_model,
@@ -200,8 +207,8 @@ def _fit(
     ``student``: the model reads the student's datasets (false for the teacher)."""
     evaluate = evaluate and getattr(ctx.task, "validates", True)  # a task without a validation pass keeps the last
     work = ctx.out / "work" / stage
-    if not ctx.resume and work.exists():
-        shutil.rmtree(work)
+    needs = [DISTILLER_STATE_FILE] if distiller is not None and distiller.state_for_checkpoint() else []
+    resume_from = open_work_dir(work, ctx.resume, needs)
     train_dataset = train_dataset if train_dataset is not None else ctx.dataset("train", student)
     args = training_arguments(
         train_cfg,
@@ -213,6 +220,8 @@ def _fit(
         lower_is_better=getattr(ctx.task, "lower_is_better", False),
     )
     callbacks = list(ctx.callbacks) + ([DistillerCheckpointCallback(distiller)] if distiller is not None else [])
+    if distiller is not None and processes.world() > 1:
+        callbacks.append(DistillerSyncCallback(distiller))
     trainer = DistillationTrainer(
         model=model,
         args=args,
@@ -225,8 +234,6 @@ def _fit(
         task=ctx.task,
         callbacks=callbacks,
     )
-    checkpoints = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if work.exists() else []
-    resume_from = str(checkpoints[-1]) if ctx.resume and checkpoints else None
     if resume_from:
         print(f"{stage}: resuming from {resume_from}")
         if distiller is not None:
@@ -266,6 +273,7 @@ def run_soft_labels(ctx: Context, teacher=None, dataset_name: str = "train", kd_
     from its own cache entry, combined as configured)."""
     cfg = ctx.cfg
     teacher = teacher if teacher is not None else load_stage_model(ctx, "teacher")
+    teacher.to(processes.device())  # this process's GPU when there is one (each process computes a slice)
     dataset = ctx.datasets[dataset_name]
     common = dict(
         max_length=cfg.data.max_length, batch_size=cfg.teacher.soft_label_batch_size, bf16=cfg.teacher.train.bf16
@@ -315,7 +323,8 @@ def run_soft_labels(ctx: Context, teacher=None, dataset_name: str = "train", kd_
     }
     if hasattr(ctx.task, "bytes_per_token"):
         info["bytes_per_token"] = round(ctx.task.bytes_per_token(soft), 1)
-    write_json(ctx.out / "soft_labels.json", info)
+    if processes.is_main():
+        write_json(ctx.out / "soft_labels.json", info)
     print(f"soft labels: {soft.status} {soft.path} {tuple(shape)} in {seconds:.1f}s")
     return soft
 
@@ -444,9 +453,11 @@ def _train_student(ctx: Context, student, teacher, live_teacher: bool) -> dict:
         )
         history["stages"].append(result)
         if not final:
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(kept) as tmp:
-                save_model(student, str(tmp))
+            if processes.is_main():
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(kept) as tmp:
+                    save_model(student, str(tmp))
+            processes.barrier()
     last = history["stages"][-1] if history["stages"] else {}
     history.update({k: last.get(k) for k in ("best_validation", "log_history")})
     history["train_seconds"] = sum(s["train_seconds"] for s in history["stages"])
@@ -477,7 +488,7 @@ def run_student(ctx: Context, live_teacher: bool = False) -> dict[str, Path]:
     if redo or not ctx.done("student"):
         student = build_student(ctx, teacher)  # first: a bad student config fails before any teacher work
         history = {"init": cfg.student.init, "layers": getattr(student, "distil_layer_map", None)}
-        history.update(_train_student(ctx, student, teacher, live_teacher))
+        history.update(_train_student(ctx, student, teacher, live_teacher), processes=processes.world())
         ctx.timings["student"] = history["train_seconds"]
         saved["student"] = save_stage_model(ctx, "student", student, history)
     if cfg.baseline and (redo or not ctx.done("baseline")):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,15 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from distil.io import atomic_dir, sha256_file, write_json
+from distil.engine import processes
+from distil.engine.cache_shards import Shard, build_shared
+from distil.engine.row_arrays import FIXED, NAME, PER_TOKEN, ROW_KINDS, RowArray, describe_array, open_array
+from distil.io import atomic_dir, write_json
 from distil.models.inference import logits_of, longest_first_batches
 from distil.models.loading import vocabulary_fingerprint
 
 FORMAT_VERSION = 2
-FIXED, PER_TOKEN = "fixed", "per_token"
-ROW_KINDS = (FIXED, PER_TOKEN)
 CLASSIFICATION_SIGNAL = {"logits": FIXED}
-_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 SignalReader = Callable[[Any], torch.Tensor]
 """Reads one array from the teacher's forward output: (B, *shape), or (B, T, *shape) for a per-token signal."""
@@ -71,7 +70,7 @@ def _check_signal(signal: Mapping[str, str]) -> dict[str, str]:
     if not signal:
         raise ValueError("signal spec is empty; name at least one array, e.g. {'logits': 'fixed'}")
     for name, kind in signal.items():
-        if not _NAME.fullmatch(name):
+        if not NAME.fullmatch(name):
             raise ValueError(f"signal array name {name!r}: use letters, digits and '_' only (it names a file)")
         if kind not in ROW_KINDS:
             raise ValueError(f"signal array {name!r} has kind {kind!r}; expected one of {', '.join(ROW_KINDS)}")
@@ -111,24 +110,6 @@ def _to_torch(array: np.ndarray) -> torch.Tensor:
     """A gathered block as a tensor: floating arrays as float32, others (e.g. top-k ids) in their own dtype."""
     dtype = np.float32 if np.issubdtype(array.dtype, np.floating) else None
     return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
-
-
-@dataclass(frozen=True)
-class RowArray:
-    """One named array over rows 0..N-1: fixed per-row shape, or per-token rows stored flat with offsets."""
-
-    data: np.ndarray  # fixed: (N, *shape); per_token: (sum_i L_i, *shape)
-    offsets: np.ndarray | None = None  # per_token only: (N + 1,) int64, row i = data[offsets[i]:offsets[i + 1]]
-
-    @property
-    def kind(self) -> str:
-        return FIXED if self.offsets is None else PER_TOKEN
-
-    def lengths(self, rows: np.ndarray) -> np.ndarray:
-        """Number of positions of each row in ``rows`` (B,) -> (B,) int64 (per-token arrays only)."""
-        if self.offsets is None:
-            raise ValueError("a fixed-shape array has no per-row lengths; only per-token arrays do")
-        return self.offsets[rows + 1] - self.offsets[rows]
 
 
 @dataclass
@@ -196,57 +177,6 @@ class SoftLabels:
         return torch.arange(length)[None, :] < torch.from_numpy(lengths)[:, None]  # (B, T)
 
 
-def _open_array(folder: Path, spec: dict, num_rows: int) -> RowArray:
-    """Verify one array's files against its meta (sha256, dtype, shape, offsets) and memory-map it read-only.
-
-    Raises:
-        ValueError: any mismatch (the caller treats the entry as corrupt).
-    """
-    name, kind, sha = spec["name"], spec["kind"], spec["sha256"]
-    files = [f"{name}.npy"] + ([f"{name}.offsets.npy"] if kind == PER_TOKEN else [])
-    if not _NAME.fullmatch(name) or kind not in ROW_KINDS or sorted(sha) != sorted(files):
-        raise ValueError(f"array {name!r}: meta does not describe its files")
-    for file in files:
-        if sha256_file(folder / file) != sha[file]:
-            raise ValueError(f"{file}: checksum differs")
-    data = np.load(folder / files[0], mmap_mode="r", allow_pickle=False)
-    if list(data.shape) != spec["shape"] or data.dtype != np.dtype(spec["dtype"]):
-        raise ValueError(f"{files[0]}: {data.shape} {data.dtype}, meta says {spec['shape']} {spec['dtype']}")
-    if kind == FIXED:
-        if data.shape[0] != num_rows:
-            raise ValueError(f"{files[0]}: {data.shape[0]} rows, expected {num_rows}")
-        return RowArray(data)
-    offsets = np.load(folder / files[1], mmap_mode="r", allow_pickle=False)
-    if offsets.dtype != np.int64 or offsets.shape != (num_rows + 1,):
-        raise ValueError(f"{files[1]}: {offsets.shape} {offsets.dtype}, expected ({num_rows + 1},) int64")
-    if offsets[0] != 0 or offsets[-1] != data.shape[0] or np.any(np.diff(offsets) < 0):
-        raise ValueError(f"{files[1]}: not monotone from 0 to the flat length {data.shape[0]}")
-    return RowArray(data, offsets)
-
-
-def _describe(folder: Path, name: str, array: RowArray | np.ndarray) -> dict:
-    """Flush one written array (saving it first if it is only in memory) and return its meta record."""
-    array = array if isinstance(array, RowArray) else RowArray(array)
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"array name {name!r}: use letters, digits and '_' only (it names a file)")
-    sha = {}
-    for file, values in ((f"{name}.npy", array.data), (f"{name}.offsets.npy", array.offsets)):
-        if values is None:
-            continue
-        if isinstance(values, np.memmap):
-            values.flush()
-        if not (folder / file).exists():
-            np.save(folder / file, np.asarray(values), allow_pickle=False)
-        sha[file] = sha256_file(folder / file)
-    return {
-        "name": name,
-        "kind": array.kind,
-        "dtype": str(array.data.dtype),
-        "shape": list(array.data.shape),
-        "sha256": sha,
-    }
-
-
 class SoftLabelCache:
     """Fingerprint-keyed store of teacher outputs under ``root/soft_labels``."""
 
@@ -275,7 +205,7 @@ class SoftLabelCache:
             specs = meta["arrays"]
             if signal is not None and {s["name"]: s["kind"] for s in specs} != dict(signal):
                 return None, "stale"
-            arrays = {s["name"]: _open_array(path, s, num_rows) for s in specs}
+            arrays = {s["name"]: open_array(path, s, num_rows) for s in specs}
             if not arrays or len(arrays) != len(specs):
                 return None, "corrupt"
             return arrays, "hit"
@@ -289,8 +219,11 @@ class SoftLabelCache:
         compute: Callable[[Path], Any],
         description: str = "",
         signal: Mapping[str, str] | None = None,
+        shard: Shard | None = None,
+        shards: list[dict] | None = None,
     ) -> SoftLabels:
-        """The verified entry for ``key``, built by ``compute`` when missing, stale or corrupt.
+        """The verified entry for ``key``, built by ``compute`` when missing, stale or corrupt (under several
+        processes with ``shard``: built in slices, `distil.engine.cache_shards`).
 
         Args:
             key: the entry's fingerprint.
@@ -301,7 +234,15 @@ class SoftLabelCache:
                 arrays returned only in memory are saved for it.
             description: free text kept in meta.json.
             signal: the expected {name: kind}; an entry holding other arrays is rebuilt.
+            shard: ``shard(path, rows)`` computes rows ``rows`` only; used instead of ``compute`` when the run has
+                several processes (each computes a slice, the main process gathers them).
+            shards: the slices' records kept in meta.json (which process computed which rows, in how long).
         """
+        if shard is not None and processes.world() > 1:
+            arrays, status = build_shared(self, key, num_rows, shard, description, signal)
+            built = f"built by {processes.world()} processes"
+            status = {"hit": "hit", "miss": built}.get(status, f"re{built} ({status})")
+            return SoftLabels(arrays, key, status, self.entry(key))
         arrays, status = self.check(key, num_rows, signal)
         if arrays is not None:
             return SoftLabels(arrays, key, "hit", self.entry(key))
@@ -311,9 +252,11 @@ class SoftLabelCache:
         with atomic_dir(path) as tmp:
             written = compute(tmp / "logits.npy")
             written = {"logits": written} if isinstance(written, (np.ndarray, RowArray)) else dict(written)
-            specs = [_describe(tmp, name, array) for name, array in written.items()]
+            specs = [describe_array(tmp, name, array) for name, array in written.items()]
             del written
             meta = {"version": FORMAT_VERSION, "fingerprint": key, "num_rows": num_rows, "arrays": specs}
+            if shards:
+                meta["shards"] = shards
             write_json(tmp / "meta.json", {**meta, "description": description})
         arrays, why = self.check(key, num_rows, signal)
         assert arrays is not None, f"soft-label cache entry {path} failed verification right after writing ({why})"
@@ -376,6 +319,7 @@ def teacher_logits_to(
     *,
     per_token: bool = False,
     signals: Mapping[str, SignalReader] | None = None,
+    rows: range | None = None,
 ) -> dict[str, RowArray]:
     """Run the frozen teacher over ``dataset`` (longest-first batches), writing each signal by row index.
 
@@ -391,10 +335,13 @@ def teacher_logits_to(
         signals: name -> ``read(outputs)`` -> (B, *shape), or (B, T, *shape) with ``per_token``; default
             ``{"logits": logits_of}``. Floating signals are stored as float32, integer ones as int64, except that
             given readers' float16, uint16 and int32 outputs are kept as they are (a causal LM's top-k).
+        rows: only these contiguous rows (one process's slice), stored from ``rows.start`` on as rows 0, 1, ...
 
     Returns:
         {name: RowArray} of the memory-mapped arrays written.
     """
+    first = 0 if rows is None else rows.start
+    dataset = dataset if rows is None else dataset.select(rows)
     if len(dataset) == 0:
         raise ValueError("soft labels of an empty dataset: it has no rows")
     signals = DEFAULT_SIGNALS if signals is None else signals
@@ -403,7 +350,7 @@ def teacher_logits_to(
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64) if per_token else None  # (N + 1,)
     folder = Path(path).parent
     outs: dict[str, np.ndarray] = {}
-    for rows, inputs, outputs in longest_first_batches(teacher, dataset, collator, batch_size, bf16=bf16, desc=desc):
+    for ids, inputs, outputs in longest_first_batches(teacher, dataset, collator, batch_size, bf16=bf16, desc=desc):
         real = inputs["attention_mask"].sum(1).cpu().numpy() if per_token else None  # (B,)
         for name, read in signals.items():
             values = _as_stored(read(outputs), compact=signals is not DEFAULT_SIGNALS)  # (B, [T,] *shape)
@@ -416,7 +363,7 @@ def teacher_logits_to(
                     f"signal {name!r}: a batch has per-row shape {values.shape[1 + per_token :]} but earlier ones "
                     f"{outs[name].shape[1:]}; a fixed signal needs one shape for all rows (use per_token for (T, ...))"
                 )
-            _write_batch(outs[name], values, rows, offsets, real)
+            _write_batch(outs[name], values, ids - first, offsets, real)
     return {name: RowArray(out, offsets) for name, out in outs.items()}
 
 
@@ -464,12 +411,18 @@ def soft_labels_for(
     config = getattr(teacher, "config", None)
     labelled = getattr(type(teacher), "labelled", True)  # a sentence encoder's "logits" are its embedding
     num_labels = getattr(config, "num_labels", None) if signals is None and labelled else None
+
+    def compute(path: Path, rows: range | None = None) -> dict[str, RowArray]:
+        return teacher_logits_to(
+            path, teacher, dataset, collator, batch_size, bf16, num_labels, per_token=per_token, signals=signals,
+            rows=rows,
+        )  # fmt: skip
+
     return SoftLabelCache(cache_dir).get_or_build(
         key,
         len(dataset),
-        lambda path: teacher_logits_to(
-            path, teacher, dataset, collator, batch_size, bf16, num_labels, per_token=per_token, signals=signals
-        ),
+        compute,
         description=f"{task}: {getattr(config, 'name_or_path', '')} on {len(dataset)} rows",
         signal=spec,
+        shard=compute,
     )

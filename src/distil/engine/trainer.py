@@ -20,6 +20,7 @@ from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from distil.config import LossConfig, TrainConfig
+from distil.engine import processes
 from distil.engine.distiller import Distiller, logits_of, split_inputs
 from distil.errors import DistilError
 from distil.tasks import ClassificationTask, Task
@@ -104,6 +105,12 @@ class DistillationTrainer(Trainer):
                 loss, parts = self.label_loss(logits.float(), None, labels, num_items=items)
             else:
                 loss, parts = self.label_loss(logits.float(), None, labels)
+        by_items = self.distiller is None or self.distiller.normalises_by_items  # divided by num_items_in_batch
+        counted_everywhere = num_items_in_batch is not None and self.args.average_tokens_across_devices
+        if self.per_token and model.training and by_items and counted_everywhere:
+            # num_items_in_batch counts the tokens of every process's batch; DDP then averages the gradients over
+            # the processes, which this undoes (as Trainer.compute_loss does for models that take loss kwargs).
+            loss = loss * self.accelerator.num_processes
         if not torch.isfinite(loss):
             raise DistilError(
                 f"training loss is {loss.item()} at step {self.state.global_step + 1} "
@@ -172,10 +179,11 @@ def training_arguments(
     With ``evaluate=False`` (stages without a trained classifier: general or intermediate-layer distillation)
     there is no validation pass and the last weights are kept.
     """
-    steps_per_epoch = math.ceil(num_train_rows / (cfg.batch_size * cfg.gradient_accumulation_steps))
+    per_step = cfg.batch_size * cfg.gradient_accumulation_steps * processes.world()  # the global batch
+    steps_per_epoch = math.ceil(num_train_rows / per_step)
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     strategy = "steps" if cfg.save_steps else "epoch"
-    return TrainingArguments(
+    own = dict(
         output_dir=str(work_dir),
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
@@ -206,3 +214,4 @@ def training_arguments(
         disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),
     )
+    return TrainingArguments(**{**own, **cfg.trainer_args})  # train.trainer_args last, as given

