@@ -5,17 +5,15 @@ values are refused with one line naming the key, the value and what would be val
 from __future__ import annotations
 
 import codecs
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from transformers import TrainingArguments
 
 from distil.dataclass_io import ConfigError, flag_specs, from_dict, merge, parse_flag_value, set_dotted, to_dict
 from distil.errors import DistilError
-from distil.options import CausalLMConfig, EmbeddingConfig, TuneConfig
+from distil.options import CausalLMConfig, EmbeddingConfig, TuneConfig, check_trainer_args
 
 __all__ = ["ConfigError", "flag_specs", "from_dict", "merge", "parse_flag_value", "set_dotted", "to_dict"]
 
@@ -139,8 +137,8 @@ class TrainConfig:
     """More `transformers.TrainingArguments`, applied last as they are (fsdp, fsdp_config, deepspeed, ddp_*...)."""
 
     def __post_init__(self):
-        unknown = sorted(set(self.trainer_args) - {f.name for f in dataclasses.fields(TrainingArguments)})
-        _check(not unknown, "trainer_args", unknown, "names of transformers.TrainingArguments fields")
+        if self.trainer_args:
+            check_trainer_args(self.trainer_args)
         _check(0 < self.epochs <= 1000, "epochs", self.epochs, "a number in (0, 1000]")
         _check(0 < self.learning_rate < 1, "learning_rate", self.learning_rate, "a number in (0, 1)")
         for key in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps"):

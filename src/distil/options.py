@@ -153,3 +153,44 @@ class TuneConfig:
         bad = [r for r in self.recipes if r not in RECIPE_CHOICES]
         _check(bool(self.recipes) and not bad, "recipes", self.recipes, f"a non-empty list of {RECIPE_CHOICES}")
         _check(len(self.objectives) <= 2, "objectives", self.objectives, "one or two objectives")
+
+
+SHARDED = ("nothing yet: sharded training (FSDP, DeepSpeed) needs every process to save a model, and distil saves "
+           "from the main process; use DDP (one model per process)")  # fmt: skip
+TRAINER_ARGS_OWNED = {
+    **dict.fromkeys(("num_train_epochs", "max_steps"), "train.epochs"),
+    "learning_rate": "train.learning_rate",
+    "per_device_train_batch_size": "train.batch_size",
+    "per_device_eval_batch_size": "train.eval_batch_size",
+    "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+    **dict.fromkeys(("warmup_steps", "warmup_ratio"), "train.warmup_ratio"),
+    "weight_decay": "train.weight_decay",
+    "max_grad_norm": "train.max_grad_norm",
+    "bf16": "train.bf16",
+    **dict.fromkeys(("save_steps", "eval_steps", "save_strategy", "eval_strategy"), "train.save_steps"),
+    "logging_steps": "train.logging_steps",
+    **dict.fromkeys(("seed", "data_seed"), "seed"),
+    "output_dir": "output_dir",
+    **dict.fromkeys(("metric_for_best_model", "greater_is_better", "load_best_model_at_end", "label_names",
+                     "remove_unused_columns"), "the task (set by distil)"),  # fmt: skip
+    **dict.fromkeys(("ddp_timeout", "ddp_backend"), "DISTIL_DDP_TIMEOUT (the process group opens before the Trainer)"),
+    **dict.fromkeys(("fsdp", "fsdp_config", "deepspeed"), SHARDED),
+}  # fmt: skip
+"""TrainingArguments that `train.trainer_args` may not set, with what sets them instead."""
+
+
+def check_trainer_args(args: dict) -> None:
+    """Refuse `train.trainer_args` keys that are not TrainingArguments fields or that distil sets itself."""
+    import dataclasses  # noqa: PLC0415 - read once, when a config has trainer_args
+
+    from transformers import TrainingArguments  # noqa: PLC0415 - transformers only when a config has trainer_args
+
+    unknown = sorted(set(args) - {f.name for f in dataclasses.fields(TrainingArguments)})
+    _check(not unknown, "trainer_args", unknown, "names of transformers.TrainingArguments fields")
+    for key in args:
+        _check(
+            key not in TRAINER_ARGS_OWNED,
+            f"trainer_args.{key}",
+            args[key],
+            f"unset: use {TRAINER_ARGS_OWNED.get(key)}",
+        )

@@ -421,3 +421,26 @@ def test_checkpoint_state_refuses_a_mismatch(tiny_bert, tmp_path, wide_student):
     same_width = Distiller(LossConfig(hidden_weight=1.0), tiny_bert, student_from_teacher(tiny_bert, [1, 3]))
     assert same_width.state_for_checkpoint() == {}
     assert not load_distiller_state(same_width, tmp_path)  # nothing to restore: no file needed
+
+
+def test_projection_gradients_start_from_zero_at_every_optimiser_step(tmp_path):
+    """The Trainer clears the student's gradients after each step; the projections, outside the student, must be
+    cleared too, or each step would apply the sum of every gradient so far."""
+    from transformers import BertConfig, BertForSequenceClassification, TrainerCallback
+
+    torch.manual_seed(0)
+    shape = {"vocab_size": 2048, "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64}
+    teacher = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=4, **shape)).eval()
+    student = BertForSequenceClassification(BertConfig(hidden_size=48, num_hidden_layers=2, **shape))
+    distiller = Distiller(LossConfig(hidden_weight=1.0), teacher, student)
+    projection = distiller.terms["hidden"].projection.weight
+    seen = []
+
+    class Watch(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            seen.append(None if projection.grad is None else float(projection.grad.abs().sum()))
+
+    trainer = _trainer(tmp_path, student, distiller, max_steps=3)
+    trainer.add_callback(Watch())
+    trainer.train()
+    assert len(seen) == 3 and all(g is None or g == 0 for g in seen), seen

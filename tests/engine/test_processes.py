@@ -20,7 +20,7 @@ from distil.cli import main
 from distil.config import TrainConfig
 from distil.engine import processes
 from distil.engine.cache_shards import merge_parts, slice_of
-from distil.engine.run_dir import last_checkpoint
+from distil.engine.run_dir import last_checkpoint, open_work_dir
 from distil.engine.trainer import training_arguments
 from distil.errors import DistilError
 from distil.io import write_json
@@ -96,6 +96,15 @@ def test_merge_puts_fixed_and_per_token_slices_in_row_order(tmp_path):
     assert [r["rows"] for r in records] == [[0, 2], [2, 5]]
 
 
+def test_merge_takes_empty_slices_when_rows_are_fewer_than_processes(tmp_path):
+    parts, logits = tmp_path / "parts", np.arange(6, dtype=np.float32).reshape(3, 2)
+    for rank in (3, 1, 0, 2):
+        rows = slice_of(3, rank, 4)
+        _part(parts, rank, rows, {"logits": (logits[rows.start : rows.stop], None)} if len(rows) else {})
+    merged, records = merge_parts(parts, tmp_path, 3)
+    assert np.array_equal(merged["logits"].data, logits) and [r["rank"] for r in records] == [0, 1, 2, 3]
+
+
 def test_merge_refuses_a_missing_slice(tmp_path):
     parts = tmp_path / "parts"
     _part(parts, 0, range(0, 2), {"logits": (np.zeros((2, 3), np.float32), None)})
@@ -107,6 +116,13 @@ def test_resume_refuses_another_number_of_processes(tmp_path):
     write_json(tmp_path / "launch.json", {"processes": 2})
     with pytest.raises(DistilError, match="trained by 2 processes, this launch has 1"):
         last_checkpoint(tmp_path, [])
+
+
+def test_a_stage_of_an_older_run_keeps_its_process_count(tmp_path):
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-5" / "rng_state.pth").write_bytes(b"")  # one process wrote it, before launch.json existed
+    open_work_dir(tmp_path, resume=True, needs=[])
+    assert json.loads((tmp_path / "launch.json").read_text()) == {"processes": 1}
 
 
 def test_resume_passes_over_a_checkpoint_cut_short(tmp_path):
@@ -178,13 +194,23 @@ def test_killing_one_process_then_resuming_finishes_the_run(teacher_dir, tmp_pat
 
 
 def test_trainer_args_reach_the_trainer_and_override_distil_values(tmp_path):
-    cfg = TrainConfig(trainer_args={"ddp_timeout": 99, "save_total_limit": 5, "ddp_find_unused_parameters": False})
-    args = training_arguments(cfg, tmp_path, seed=0, num_train_rows=64)
-    assert (args.ddp_timeout, args.save_total_limit, args.ddp_find_unused_parameters) == (99, 5, False)
+    extra = {"lr_scheduler_type": "cosine", "save_total_limit": 5, "ddp_find_unused_parameters": False}
+    args = training_arguments(TrainConfig(trainer_args=extra), tmp_path, seed=0, num_train_rows=64)
+    assert (args.lr_scheduler_type, args.save_total_limit, args.ddp_find_unused_parameters) == ("cosine", 5, False)
     assert training_arguments(TrainConfig(), tmp_path, seed=0, num_train_rows=64).save_total_limit == 2
 
 
-def test_an_unknown_trainer_arg_is_refused_in_one_line(capsys):
-    assert main(["run", "--distill.trainer_args", "{fsdp_confg: {}}", "--output_dir", "/tmp/unused"]) == 2
-    err = capsys.readouterr().err
-    assert "trainer_args" in err and "fsdp_confg" in err and "TrainingArguments fields" in err
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("{fsdp_confg: {}}", "expected names of transformers.TrainingArguments fields"),
+        ("{per_device_train_batch_size: 8}", "trainer_args.per_device_train_batch_size': got 8; expected unset: use "
+         "train.batch_size"),
+        ("{fsdp: full_shard}", "expected unset: use nothing yet: sharded training (FSDP, DeepSpeed)"),
+        ("{ddp_timeout: 60}", "use DISTIL_DDP_TIMEOUT"),
+    ],
+)  # fmt: skip
+def test_trainer_args_refused_in_one_line(given, expected, capsys):
+    assert main(["run", "--distill.trainer_args", given, "--output_dir", "/tmp/unused"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err

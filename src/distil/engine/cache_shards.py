@@ -10,6 +10,7 @@ process recomputes a row another one computed, and only the main process writes 
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -55,6 +56,9 @@ def compute_part(parts: Path, shard: Shard, num_rows: int) -> dict:
                 elif not (folder / f"{name}{suffix}.npy").exists():
                     np.save(folder / f"{name}{suffix}.npy", np.asarray(values), allow_pickle=False)
             kinds[name] = array.kind
+    for file in folder.glob("*.npy"):  # on disk before done.json says so (another machine may read them next)
+        with open(file, "rb+") as handle:
+            os.fsync(handle.fileno())
     record = {"rank": rank, "rows": [rows.start, rows.stop], "seconds": round(time.perf_counter() - start, 2)}
     write_json(folder / "done.json", {**record, "arrays": kinds})
     print(f"teacher outputs: process {rank} of {world} computed rows {rows.start}..{rows.stop - 1} "
@@ -68,7 +72,7 @@ def merge_parts(parts: Path, folder: Path, num_rows: int) -> tuple[dict[str, Row
     Raises:
         ValueError: a slice is missing, incomplete, or disagrees with the others (names, kinds, shapes, dtypes).
     """
-    done = sorted((read_json(p) for p in parts.glob("rank-*/done.json")), key=lambda d: d["rows"][0])
+    done = sorted((read_json(p) for p in parts.glob("rank-*/done.json")), key=lambda d: d["rank"])
     covered = [r for d in done for r in d["rows"]]
     if not done or covered[0] != 0 or covered[-1] != num_rows or covered[1:-1:2] != covered[2::2]:
         raise ValueError(f"cache slices in {parts} do not cover rows 0..{num_rows - 1}: {[d['rows'] for d in done]}")
@@ -98,6 +102,8 @@ def merge_parts(parts: Path, folder: Path, num_rows: int) -> tuple[dict[str, Row
 def build_shared(cache, key: str, num_rows: int, shard: Shard, description: str, signal: Mapping[str, str] | None):
     """The entry ``key`` of ``cache`` (a `SoftLabelCache`) on every process: opened if the main process finds it
     verified, else computed in slices by all processes and gathered by the main one. Returns (arrays, status)."""
+    if num_rows == 0:
+        raise ValueError("teacher outputs of an empty dataset: it has no rows")
     status = processes.broadcast(cache.check(key, num_rows, signal)[1] if processes.is_main() else None)
     if status != "hit":
         parts = cache.root / f".{key}.parts"
@@ -117,7 +123,7 @@ def build_shared(cache, key: str, num_rows: int, shard: Shard, description: str,
             cache.get_or_build(key, num_rows, gather, description, signal, shards=records)
             shutil.rmtree(parts, ignore_errors=True)
         processes.barrier()
-    arrays, why = cache.check(key, num_rows, signal)
+    arrays, why = cache.check(key, num_rows, signal, verify=False)  # the main process verified or just wrote it
     if arrays is None:
         raise RuntimeError(f"teacher cache entry {cache.entry(key)} cannot be opened after it was built ({why})")
     return arrays, status

@@ -480,10 +480,13 @@ class DistillerSyncCallback(TrainerCallback):
         processes.broadcast_([p.data for p in self.params])
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        for p in self.params:
-            if p.grad is None:  # a projection unused in this step: zero, so every process sends the same layout
+        used = torch.tensor([float(p.grad is not None) for p in self.params])
+        processes.all_reduce_mean_([used])  # > 0 where some process has a gradient
+        synced = [p for p, u in zip(self.params, used.tolist()) if u > 0]  # unused everywhere: no gradient, no step
+        for p in synced:
+            if p.grad is None:  # used on another process only: this one contributes zero
                 p.grad = torch.zeros_like(p)
-        processes.all_reduce_mean_([p.grad for p in self.params])
+        processes.all_reduce_mean_([p.grad for p in synced])
 
     def on_train_end(self, args, state, control, **kwargs):
         """Check that every process ended with the same parameters (one number each, compared on all)."""

@@ -103,29 +103,49 @@ def gather(value: Any) -> list:
     return out
 
 
+def _outcome(error: BaseException | None) -> None:
+    """Share the main process's outcome of a block; every process raises the main process's error, if any (a user
+    error as the same one line, anything else named as the main process's failure)."""
+    described = None if error is None else (isinstance(error, DistilError), f"{type(error).__name__}: {error}")
+    shared = broadcast(None if error is None else (*described, str(error)))
+    if error is not None:
+        raise error
+    if shared is not None:
+        user_error, what, message = shared
+        raise DistilError(message if user_error else f"the main process failed ({what})")
+
+
 @contextlib.contextmanager
 def main_first() -> Iterator[None]:
-    """The main process runs the block first (filling a cache); the others run it after, finding the cache."""
+    """The main process runs the block first (filling a cache); the others run it after, finding the cache. An error
+    on the main process reaches the others (they raise too, none waits for a barrier that never comes)."""
+    if world() <= 1:
+        yield
+        return
     if not is_main():
-        barrier()
-    yield
-    if is_main():
-        barrier()
+        _outcome(None)
+        yield
+        return
+    try:
+        yield
+    except BaseException as error:
+        _outcome(error)
+    _outcome(None)
 
 
 def main_only(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` on the main process only, every process waiting until it is done; an error there
-    reaches every process (the others raise it too, so none waits forever)."""
-    result, error = None, None
+    reaches every process. ``fn`` must not use collectives (barriers, broadcasts)."""
+    if world() <= 1:
+        return fn(*args, **kwargs)
+    result = None
     if is_main():
         try:
             result = fn(*args, **kwargs)
-        except DistilError as e:
-            error = str(e)
-    error = broadcast(error)
-    if error is not None:
-        raise DistilError(error)
-    return broadcast(result) if world() > 1 else result
+        except BaseException as error:
+            _outcome(error)
+    _outcome(None)
+    return broadcast(result)
 
 
 def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:

@@ -121,7 +121,15 @@ def open_work_dir(work: Path, resume: bool, needs: list[str]) -> str | None:
     checkpoints); returns the checkpoint to resume from (`last_checkpoint`, the main process's pick) or None."""
     if not resume and work.exists() and processes.is_main():
         shutil.rmtree(work)
-    if processes.is_main() and not (work / "launch.json").is_file():
-        write_json(work / "launch.json", {"processes": processes.world()})
+    if processes.is_main() and not (work / "launch.json").is_file():  # a new stage, or one of an older distil
+        write_json(work / "launch.json", {"processes": _writers(work) or processes.world()})
     processes.barrier()
     return processes.broadcast(last_checkpoint(work, needs) if resume else None)
+
+
+def _writers(work: Path) -> int | None:
+    """How many processes wrote the checkpoints in ``work``, read from their random states (None: no checkpoint)."""
+    states = [p.name for p in work.glob("checkpoint-*/rng_state*.pth")]
+    if not states:
+        return None
+    return 1 if "rng_state.pth" in states else len(set(states))

@@ -273,7 +273,6 @@ def run_soft_labels(ctx: Context, teacher=None, dataset_name: str = "train", kd_
     from its own cache entry, combined as configured)."""
     cfg = ctx.cfg
     teacher = teacher if teacher is not None else load_stage_model(ctx, "teacher")
-    teacher.to(processes.device())  # this process's GPU when there is one (each process computes a slice)
     dataset = ctx.datasets[dataset_name]
     common = dict(
         max_length=cfg.data.max_length, batch_size=cfg.teacher.soft_label_batch_size, bf16=cfg.teacher.train.bf16

@@ -187,7 +187,7 @@ class SoftLabelCache:
         return self.root / key
 
     def check(
-        self, key: str, num_rows: int, signal: Mapping[str, str] | None = None
+        self, key: str, num_rows: int, signal: Mapping[str, str] | None = None, verify: bool = True
     ) -> tuple[dict[str, RowArray] | None, str]:
         """Open an entry if it is complete and verified (and holds exactly ``signal`` when given); else (None, why).
 
@@ -205,7 +205,7 @@ class SoftLabelCache:
             specs = meta["arrays"]
             if signal is not None and {s["name"]: s["kind"] for s in specs} != dict(signal):
                 return None, "stale"
-            arrays = {s["name"]: open_array(path, s, num_rows) for s in specs}
+            arrays = {s["name"]: open_array(path, s, num_rows, verify) for s in specs}
             if not arrays or len(arrays) != len(specs):
                 return None, "corrupt"
             return arrays, "hit"
@@ -413,10 +413,16 @@ def soft_labels_for(
     num_labels = getattr(config, "num_labels", None) if signals is None and labelled else None
 
     def compute(path: Path, rows: range | None = None) -> dict[str, RowArray]:
-        return teacher_logits_to(
-            path, teacher, dataset, collator, batch_size, bf16, num_labels, per_token=per_token, signals=signals,
-            rows=rows,
-        )  # fmt: skip
+        """On a miss only: the teacher on this process's GPU when there is one, then back where it was."""
+        home = next(teacher.parameters()).device
+        teacher.to(processes.device())
+        try:
+            return teacher_logits_to(
+                path, teacher, dataset, collator, batch_size, bf16, num_labels, per_token=per_token,
+                signals=signals, rows=rows,
+            )  # fmt: skip
+        finally:
+            teacher.to(home)
 
     return SoftLabelCache(cache_dir).get_or_build(
         key,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Sampler
-from transformers import EvalPrediction, Trainer, TrainingArguments
+from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from distil.config import LossConfig, TrainConfig
@@ -60,6 +60,9 @@ class DistillationTrainer(Trainer):
         if distiller is not None:  # the teacher and the trainable loss modules (projections) follow the student
             distiller.to(self.args.device)
         self.distiller = distiller
+        trainable = [p for p in distiller.parameters() if p.requires_grad] if distiller is not None else []
+        if trainable:  # the Trainer zeroes only the student's gradients after a step; the projections are outside it
+            self.add_callback(_ClearGradients(trainable))
         self.group_by_length = group_by_length
         # Without a distiller (the teacher, the baseline) the loss is the task's own on the labels alone.
         self.label_loss = task.kd_term(LossConfig(alpha=1.0))
@@ -131,6 +134,17 @@ class DistillationTrainer(Trainer):
                 logs[f"loss_{name}"] = round(float(np.mean(values)), 6)
             self._parts.clear()
         super().log(logs, *args, **kwargs)
+
+
+class _ClearGradients(TrainerCallback):
+    """Clears the gradients of parameters the Trainer's own ``model.zero_grad()`` does not reach, after each step."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.params = params
+
+    def on_step_end(self, args, state, control, **kwargs):
+        for p in self.params:
+            p.grad = None
 
 
 def _items(num_items_in_batch) -> dict:
