@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -95,28 +96,39 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=32, help="the global batch (per-device = batch / processes)")
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="pairs of runs, interleaved; ratios are medians")
     parser.add_argument("--out", default="benchmarks/results/b7_processes")
     args = parser.parse_args()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
-    rows = [run(args, 1, root), run(args, args.nproc, root)]
-    one, many = rows
+    rows = []
+    for repeat in range(args.repeats):  # interleaved: 1 N, N 1, 1 N, ...
+        order = (1, args.nproc) if repeat % 2 == 0 else (args.nproc, 1)
+        pair = {n: run(args, n, root) for n in order}
+        rows += [dict(pair[n], repeat=repeat) for n in (1, args.nproc)]
+    pairs = list(zip(rows[::2], rows[1::2]))
+
+    def median_ratio(key: str) -> float:
+        return round(statistics.median(many[key] / one[key] for one, many in pairs), 2)
+
     summary = {
-        "cache_ratio": round(many["cache_seconds"] / one["cache_seconds"], 2),
-        "step_ratio": round(many["seconds_per_step"] / one["seconds_per_step"], 2),
-        "accuracy_difference_points": round(100 * (many["test_accuracy"] - one["test_accuracy"]), 2),
+        "repeats": args.repeats,
+        "cache_ratio_median": median_ratio("cache_seconds"),
+        "step_ratio_median": median_ratio("seconds_per_step"),
+        "accuracy_difference_points": [round(100 * (m["test_accuracy"] - o["test_accuracy"]), 2) for o, m in pairs],
         "cpu_cores": os.cpu_count(),
     }
     (root / "b7_processes.json").write_text(
         json.dumps({"args": vars(args), "runs": rows, "summary": summary}, indent=2)
     )
-    table = ["| processes | cache build s | train s | steps | s / step | test acc | wall s | GFLOP/s before |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    columns = ["repeat", "processes", "cache build s", "train s", "steps", "s / step", "test acc", "wall s",
+               "GFLOP/s before"]  # fmt: skip
+    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        table.append(f"| {r['processes']} | {r['cache_seconds']:.1f} | {r['train_seconds']:.1f} | {r['train_steps']} "
-                     "| "
-                     f"{r['seconds_per_step']:.3f} | {100 * r['test_accuracy']:.2f} | {r['wall_seconds']:.0f} | "
-                     f"{r['calibration_gflops']:.0f} |")  # fmt: skip
+        cells = [r["repeat"], r["processes"], f"{r['cache_seconds']:.1f}", f"{r['train_seconds']:.1f}",
+                 r["train_steps"], f"{r['seconds_per_step']:.3f}", f"{100 * r['test_accuracy']:.2f}",
+                 f"{r['wall_seconds']:.0f}", f"{r['calibration_gflops']:.0f}"]  # fmt: skip
+        table.append("| " + " | ".join(str(c) for c in cells) + " |")
     (root / "b7_processes.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     print(json.dumps(summary))
