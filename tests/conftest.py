@@ -52,6 +52,15 @@ def _tiny_bert_session():
     return _tiny_bert()
 
 
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, _tiny_bert_session, tokenizer) -> str:
+    """The tiny random BERT with the real MiniLM tokenizer, saved once as a teacher folder (read, never written)."""
+    path = tmp_path_factory.mktemp("teacher") / "tiny-bert"
+    _tiny_bert_session.save_pretrained(path)  # 4 layers, hidden 32, 4 heads
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture
 def tiny_bert(_tiny_bert_session):
     """A random 4-layer BertForSequenceClassification (hidden 32, 4 heads, 2 labels, vocab 30,522)."""

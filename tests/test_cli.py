@@ -41,14 +41,6 @@ FAST = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tiny_teacher_dir(tmp_path_factory, _tiny_bert_session, tokenizer):
-    path = tmp_path_factory.mktemp("teacher") / "tiny-bert"
-    _tiny_bert_session.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _cli(*args, env_extra=None, **popen):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     return subprocess.Popen(

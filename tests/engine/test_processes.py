@@ -33,14 +33,6 @@ SMALL = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, _tiny_bert_session, tokenizer):
-    path = tmp_path_factory.mktemp("teacher") / "tiny-bert"
-    _tiny_bert_session.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _launch(args: list[str], audit: Path | None = None, nproc: int = 2) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", processes.TIMEOUT_ENV: "120"}
     if audit is not None:
@@ -140,10 +132,10 @@ def test_commands_that_run_in_one_process_are_refused_under_a_launcher(monkeypat
     assert "distil tune runs in one process; launch it without torchrun" in capsys.readouterr().err
 
 
-def test_two_processes_build_the_cache_once_in_slices_and_only_the_main_one_writes(teacher_dir, tmp_path):
+def test_two_processes_build_the_cache_once_in_slices_and_only_the_main_one_writes(tiny_teacher_dir, tmp_path):
     out, cache, audit = tmp_path / "run", tmp_path / "cache", tmp_path / "audit"
-    log = _run(["run", "--teacher.model", teacher_dir, "--output_dir", str(out), "--cache_dir", str(cache), *SMALL],
-               audit)  # fmt: skip
+    args = ["run", "--teacher.model", tiny_teacher_dir, "--output_dir", str(out), "--cache_dir", str(cache), *SMALL]
+    log = _run(args, audit)
     entries = list((cache / "soft_labels").iterdir())
     assert len(entries) == 1 and not entries[0].name.startswith(".")  # one entry, no slices left behind
     meta = json.loads((entries[0] / "meta.json").read_text())
@@ -162,8 +154,8 @@ def test_two_processes_build_the_cache_once_in_slices_and_only_the_main_one_writ
     assert not (audit / "writes-rank0.txt").exists()
 
 
-def test_projections_stay_equal_across_processes(teacher_dir, tmp_path):
-    args = ["run", "--teacher.model", teacher_dir, "--output_dir", str(tmp_path / "run"), "--cache_dir",
+def test_projections_stay_equal_across_processes(tiny_teacher_dir, tmp_path):
+    args = ["run", "--teacher.model", tiny_teacher_dir, "--output_dir", str(tmp_path / "run"), "--cache_dir",
             str(tmp_path / "cache"), *SMALL, "--student.init", "config", "--student.num_layers", "2",
             "--student.hidden_size", "16", "--student.num_attention_heads", "2", "--student.intermediate_size", "32",
             "--loss.hidden_weight", "1", "--baseline", "false"]  # fmt: skip
@@ -172,10 +164,11 @@ def test_projections_stay_equal_across_processes(teacher_dir, tmp_path):
     assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], log[-3000:]
 
 
-def test_killing_one_process_then_resuming_finishes_the_run(teacher_dir, tmp_path):
+def test_killing_one_process_then_resuming_finishes_the_run(tiny_teacher_dir, tmp_path):
     out = tmp_path / "run"
-    args = ["run", "--teacher.model", teacher_dir, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
-            *SMALL, "--distill.epochs", "30", "--baseline", "false"]  # fmt: skip
+    cache = tmp_path / "cache"
+    args = ["run", "--teacher.model", tiny_teacher_dir, "--output_dir", str(out), "--cache_dir", str(cache), *SMALL,
+            "--distill.epochs", "30", "--baseline", "false"]  # fmt: skip
     proc = _launch(args)
     deadline, killed = time.time() + 300, False
     while time.time() < deadline and proc.poll() is None and not killed:

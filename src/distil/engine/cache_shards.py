@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from distil.engine import processes
-from distil.engine.row_arrays import FIXED, RowArray
+from distil.engine.row_arrays import FIXED, RowArray, as_row_arrays, store_array
 from distil.io import read_json, write_json
 
 Shard = Callable[[Path, range], Any]
@@ -33,11 +33,6 @@ def slice_of(num_rows: int, rank: int, world: int) -> range:
     return range(rank * num_rows // world, (rank + 1) * num_rows // world)
 
 
-def _as_arrays(written: Any) -> dict[str, RowArray]:
-    written = {"logits": written} if isinstance(written, (np.ndarray, RowArray)) else dict(written)
-    return {name: a if isinstance(a, RowArray) else RowArray(a) for name, a in written.items()}
-
-
 def compute_part(parts: Path, shard: Shard, num_rows: int) -> dict:
     """This process's slice, written to ``parts/rank-<r>/`` (``done.json`` last); returns its record."""
     rank, world = processes.rank(), processes.world()
@@ -47,14 +42,8 @@ def compute_part(parts: Path, shard: Shard, num_rows: int) -> dict:
     start = time.perf_counter()
     kinds = {}
     if len(rows):
-        for name, array in _as_arrays(shard(folder / "logits.npy", rows)).items():
-            for suffix, values in (("", array.data), (".offsets", array.offsets)):
-                if values is None:
-                    continue
-                if isinstance(values, np.memmap):
-                    values.flush()
-                elif not (folder / f"{name}{suffix}.npy").exists():
-                    np.save(folder / f"{name}{suffix}.npy", np.asarray(values), allow_pickle=False)
+        for name, array in as_row_arrays(shard(folder / "logits.npy", rows)).items():
+            store_array(folder, name, array)
             kinds[name] = array.kind
     for file in folder.glob("*.npy"):  # on disk before done.json says so (another machine may read them next)
         with open(file, "rb+") as handle:

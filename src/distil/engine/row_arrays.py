@@ -63,12 +63,18 @@ def open_array(folder: Path, spec: dict, num_rows: int, verify: bool = True) -> 
     return RowArray(data, offsets)
 
 
-def describe_array(folder: Path, name: str, array: RowArray | np.ndarray) -> dict:
-    """Flush one written array (saving it first if it is only in memory) and return its meta record."""
-    array = array if isinstance(array, RowArray) else RowArray(array)
+def as_row_arrays(written) -> dict[str, RowArray]:
+    """What a compute returned as {name: RowArray}: one bare array (or RowArray) is the fixed ``logits`` alone."""
+    written = {"logits": written} if isinstance(written, (np.ndarray, RowArray)) else dict(written)
+    return {name: a if isinstance(a, RowArray) else RowArray(a) for name, a in written.items()}
+
+
+def store_array(folder: Path, name: str, array: RowArray) -> list[str]:
+    """Put one array's files in ``folder``: flush a memmap written there, save an array held only in memory;
+    returns the file names (``<name>.npy``, and ``<name>.offsets.npy`` per token)."""
     if not NAME.fullmatch(name):
         raise ValueError(f"array name {name!r}: use letters, digits and '_' only (it names a file)")
-    sha = {}
+    files = []
     for file, values in ((f"{name}.npy", array.data), (f"{name}.offsets.npy", array.offsets)):
         if values is None:
             continue
@@ -76,11 +82,17 @@ def describe_array(folder: Path, name: str, array: RowArray | np.ndarray) -> dic
             values.flush()
         if not (folder / file).exists():
             np.save(folder / file, np.asarray(values), allow_pickle=False)
-        sha[file] = sha256_file(folder / file)
+        files.append(file)
+    return files
+
+
+def describe_array(folder: Path, name: str, array: RowArray | np.ndarray) -> dict:
+    """Flush one written array (saving it first if it is only in memory) and return its meta record."""
+    array = array if isinstance(array, RowArray) else RowArray(array)
     return {
         "name": name,
         "kind": array.kind,
         "dtype": str(array.data.dtype),
         "shape": list(array.data.shape),
-        "sha256": sha,
+        "sha256": {file: sha256_file(folder / file) for file in store_array(folder, name, array)},
     }

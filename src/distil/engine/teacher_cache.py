@@ -31,7 +31,16 @@ import torch
 
 from distil.engine import processes
 from distil.engine.cache_shards import Shard, build_shared
-from distil.engine.row_arrays import FIXED, NAME, PER_TOKEN, ROW_KINDS, RowArray, describe_array, open_array
+from distil.engine.row_arrays import (
+    FIXED,
+    NAME,
+    PER_TOKEN,
+    ROW_KINDS,
+    RowArray,
+    as_row_arrays,
+    describe_array,
+    open_array,
+)
 from distil.io import atomic_dir, write_json
 from distil.models.inference import logits_of, longest_first_batches
 from distil.models.loading import vocabulary_fingerprint
@@ -250,8 +259,7 @@ class SoftLabelCache:
         if path.exists():
             shutil.rmtree(path)
         with atomic_dir(path) as tmp:
-            written = compute(tmp / "logits.npy")
-            written = {"logits": written} if isinstance(written, (np.ndarray, RowArray)) else dict(written)
+            written = as_row_arrays(compute(tmp / "logits.npy"))
             specs = [describe_array(tmp, name, array) for name, array in written.items()]
             del written
             meta = {"version": FORMAT_VERSION, "fingerprint": key, "num_rows": num_rows, "arrays": specs}
