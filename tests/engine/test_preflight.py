@@ -17,12 +17,9 @@ from distil.engine.preflight import check_same_run, config_differences
 from distil.errors import DistilError
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, _tiny_bert_session, tokenizer):
-    path = tmp_path_factory.mktemp("teacher") / "tiny-bert"
-    _tiny_bert_session.save_pretrained(path)  # 4 layers, hidden 32, 4 heads
-    tokenizer.save_pretrained(path)
-    return str(path)
+@pytest.fixture
+def teacher_dir(tiny_teacher_dir):
+    return tiny_teacher_dir  # conftest's tiny BERT teacher folder
 
 
 def _run(teacher, out, cache, *extra) -> list[str]:

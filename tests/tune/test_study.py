@@ -36,12 +36,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @pytest.fixture(scope="session")
-def teacher_dir(tmp_path_factory, _tiny_bert_session, tokenizer) -> str:
-    """The tiny random BERT of conftest with the real MiniLM tokenizer, saved as a teacher folder."""
-    path = tmp_path_factory.mktemp("tune-teacher") / "tiny-bert"
-    _tiny_bert_session.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+def teacher_dir(tiny_teacher_dir) -> str:
+    return tiny_teacher_dir  # conftest's tiny BERT teacher folder
 
 
 def _config(folder: Path, teacher: str, tune: dict, fine_tune: bool = False) -> Path:
